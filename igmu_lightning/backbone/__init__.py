@@ -1,0 +1,7 @@
+"""The shared diffusion backbone: loading (hub id or diffusers folder), tiny test models, tokenizer."""
+
+from igmu_lightning.backbone.backbone import Backbone
+from igmu_lightning.backbone.loader import SD14, BackboneSpec, Pretrained, load_backbone
+from igmu_lightning.backbone.tiny import TinySD
+
+__all__ = ["SD14", "Backbone", "BackboneSpec", "Pretrained", "TinySD", "load_backbone"]

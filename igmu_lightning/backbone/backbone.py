@@ -1,0 +1,126 @@
+"""The one diffusion backbone every algorithm, evaluator and test uses: SD v1.x's UNet, CLIP text
+encoder and tokenizer, VAE and noise scheduler, with helpers to encode prompts and images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from igmu_lightning.utils.hashing import module_hash
+
+COMPONENTS = ("unet", "text_encoder", "vae")
+
+
+class Backbone(nn.Module):
+    """UNet, text encoder and VAE as sub-modules (so Lightning moves and saves them), plus the
+    tokenizer and the training noise scheduler. Every weight starts frozen: an algorithm unfreezes
+    only what it trains."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        vae: AutoencoderKL,
+        scheduler: SchedulerMixin,
+        source: str = "",
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.tokenizer = tokenizer
+        # The sampler builds its own scheduler from this config; training uses DDPM's q(x_t | x_0).
+        self.scheduler = scheduler
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+        self.source = source
+        self.requires_grad_(False)
+        self.vae.eval()
+
+    # --- text -------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids padded to the encoder's length (77 for SD), as SD's pipeline does."""
+        return self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Per-token text embeddings (B, 77, D): the UNet's cross-attention context."""
+        return self.text_encoder(self.tokenize(prompts))[0]
+
+    # --- images -----------------------------------------------------------------------------
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale
+
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0, 1] (B, 3, H, W) to scaled VAE latents, sampled from the posterior."""
+        posterior = self.vae.encode((images * 2 - 1).to(self.vae.dtype)).latent_dist
+        return posterior.sample(generator) * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents to images in [0, 1], float32."""
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def hashes(self) -> dict[str, str]:
+        """SHA-256 of each component's weights (names, dtypes, shapes and bytes)."""
+        return {name: module_hash(getattr(self, name)) for name in COMPONENTS}
+
+    def pipeline(self, scheduler: SchedulerMixin | None = None) -> StableDiffusionPipeline:
+        """A diffusers ``StableDiffusionPipeline`` sharing these weights (no safety checker)."""
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=scheduler or self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write a diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads. It is
+        written beside the target and moved into place, so a crash never leaves half a model."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self.pipeline().save_pretrained(tmp, safe_serialization=True)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target

@@ -1,0 +1,143 @@
+"""Loading a backbone from a hub id or a local diffusers folder, with one-line errors instead of a
+40-line traceback from deep inside huggingface_hub."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from igmu_lightning.backbone.backbone import Backbone
+from igmu_lightning.errors import IGMUError
+
+DType = Literal["float32", "float16", "bfloat16"]
+SD14 = "CompVis/stable-diffusion-v1-4"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    except KeyError:
+        raise IGMUError(f"dtype '{name}' is not one of float32, float16, bfloat16") from None
+
+
+class BackboneSpec:
+    """What a config names to get a backbone: ``build()`` returns a fresh, frozen ``Backbone``."""
+
+    def build(self) -> Backbone:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short name for logs and results."""
+        return type(self).__name__
+
+
+class Pretrained(BackboneSpec):
+    """A Stable-Diffusion-shaped model from a local diffusers folder or a hub id.
+
+    Args:
+        path: a folder written by ``save_pretrained`` (with ``model_index.json``), or a hub id
+            such as ``CompVis/stable-diffusion-v1-4`` (taken from the local HF cache first).
+        dtype: dtype of the UNet and text encoder weights.
+        vae_dtype: dtype of the VAE (float32 avoids the fp16 VAE's NaNs); defaults to ``dtype``.
+        revision: hub revision (branch, tag or commit).
+        device: where to put the weights; Lightning moves them again when it trains.
+    """
+
+    def __init__(
+        self,
+        path: str = SD14,
+        dtype: DType = "float32",
+        vae_dtype: DType | None = None,
+        revision: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.path = path
+        self.dtype = dtype
+        self.vae_dtype = vae_dtype
+        self.revision = revision
+        self.device = device
+
+    def describe(self) -> str:
+        return self.path
+
+    def build(self) -> Backbone:
+        backbone = load_backbone(self.path, dtype=self.dtype, vae_dtype=self.vae_dtype, revision=self.revision)
+        return backbone.to(self.device) if self.device else backbone
+
+
+def _looks_like_local_path(path: str) -> bool:
+    """Hub ids are ``owner/name``; anything else (absolute, relative with ./, deeper) is a path."""
+    return path.startswith((".", "/", "~", "\\")) or path.count("/") != 1
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model_source(path: str) -> tuple[str, bool]:
+    """Return (where to load from, local_files_only). Raise a one-line ``IGMUError`` when it
+    cannot possibly load: a missing folder, a folder that is no diffusers model, or a hub id that
+    is not cached while the hub is unreachable."""
+    local = Path(os.path.expanduser(path))
+    if local.is_dir():
+        if not (local / "model_index.json").is_file() and not (local / "unet" / "config.json").is_file():
+            raise IGMUError(
+                f"model folder '{path}' is not a diffusers model (no model_index.json or unet/config.json): "
+                "point to a folder written by save_pretrained"
+            )
+        return str(local), True
+    if local.exists():
+        raise IGMUError(
+            f"model path '{path}' is a file; give a diffusers folder (convert single-file checkpoints with "
+            "diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))"
+        )
+    if _looks_like_local_path(path):
+        raise IGMUError(
+            f"model path '{path}' does not exist: give a diffusers folder (with model_index.json) "
+            f"or a hub id such as {SD14}"
+        )
+    return path, not _hub_reachable()
+
+
+def load_backbone(
+    path: str = SD14, dtype: str = "float32", vae_dtype: str | None = None, revision: str | None = None
+) -> Backbone:
+    """Load UNet, text encoder, tokenizer, VAE and scheduler of an SD-shaped model (frozen)."""
+    source, offline = resolve_model_source(path)
+    weights, vae_weights = torch_dtype(dtype), torch_dtype(vae_dtype or dtype)
+    common = {"local_files_only": offline, "revision": revision}
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry chatter is noise once we explain the failure
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=weights, **common)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=weights, **common)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=vae_weights, **common)
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
+    except (OSError, ValueError, EnvironmentError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if offline and source == path and not Path(path).exists():
+            raise IGMUError(
+                f"model '{path}' is neither a local folder nor a cached hub model, and the hub cannot be "
+                "reached: fix the path, or download the model where there is network and pass its folder"
+            ) from None
+        raise IGMUError(f"cannot load model '{path}': {first_line}") from None
+    finally:
+        hub_log.setLevel(level)
+    return Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)

@@ -1,0 +1,48 @@
+"""``evaluate.py --config CONFIG [--results_path PATH]``: run an ``Evaluation`` from a YAML config
+(class_path / init_args, as train.py) and write its results JSON atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch import seed_everything
+
+from igmu_lightning.evaluation import Evaluation, results_document, write_results
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="evaluate.py", description="Evaluate unlearned models (EvalIGMU).", default_env=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config of the evaluation")
+    parser.add_argument(
+        "--results_path", type=str | None, default=None, help="results JSON (default: results/<config name>.json)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice of the evaluation")
+    parser.add_subclass_arguments(Evaluation, "evaluation", required=True, help="what to evaluate, and how")
+    return parser
+
+
+def default_results_path(config) -> Path:
+    files = [Path(str(c)) for c in (config.get("config") or []) if c]
+    return Path("results") / f"{files[-1].stem if files else 'evaluation'}.json"
+
+
+def main(args: list[str] | None = None) -> Path:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    config = parser.parse_args(args)
+    path = Path(config.results_path) if config.results_path else default_results_path(config)
+    resolved = yaml.safe_load(parser.dump(config, skip_none=False, skip_link_targets=False))
+    resolved.pop("config", None)
+    resolved.pop("results_path", None)
+    seed_everything(config.seed, verbose=False)
+    evaluation = parser.instantiate_classes(config).evaluation
+    output = evaluation.run(seed=config.seed)
+    write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods))
+    for name, method in output.methods.items():
+        metrics = [f"{a}.{m}={v['value']:.4g}" for a, ms in method.get("aspects", {}).items() for m, v in ms.items()]
+        print(f"{name}: " + ", ".join(metrics))
+    print(f"results written to {path}")
+    return path

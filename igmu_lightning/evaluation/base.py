@@ -1,0 +1,39 @@
+"""What ``evaluate.py`` runs: an ``Evaluation`` turns a config into per-method results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from igmu_lightning.backbone import BackboneSpec
+
+
+@dataclass
+class EvaluationOutput:
+    methods: dict = field(default_factory=dict)  # NAME -> {"aspects": {...}}
+    model_hashes: dict = field(default_factory=dict)  # NAME -> {component: sha256}
+
+
+class Evaluation:
+    """Base class of everything ``evaluate.py`` can run."""
+
+    def run(self, seed: int) -> EvaluationOutput:
+        raise NotImplementedError
+
+
+class Inventory(Evaluation):
+    """Loads a model and records what it is (component hashes, parameter counts) without
+    generating anything: the quickest check that a model folder is usable before a long run.
+
+    Args:
+        backbone: the model to inspect.
+        name: the method name under which it is reported.
+    """
+
+    def __init__(self, backbone: BackboneSpec, name: str = "model") -> None:
+        self.backbone, self.name = backbone, name
+
+    def run(self, seed: int) -> EvaluationOutput:
+        model = self.backbone.build()
+        counts = {c: sum(p.numel() for p in getattr(model, c).parameters()) for c in ("unet", "text_encoder", "vae")}
+        efficiency = {f"params.{c}": {"value": float(n), "ci95": [float(n), float(n)], "n": 1} for c, n in counts.items()}
+        return EvaluationOutput({self.name: {"aspects": {"efficiency": efficiency}}}, {self.name: model.hashes()})

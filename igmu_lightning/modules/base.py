@@ -1,0 +1,61 @@
+"""The base LightningModule every model of the project builds on: one shared backbone, a named
+trainable subset, checkpoints that hold only the trained tensors, and export to diffusers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule
+
+from igmu_lightning.backbone import Backbone, BackboneSpec
+from igmu_lightning.modules.params import select_parameters
+
+
+class BackboneModule(LightningModule):
+    """Holds ``self.backbone`` (frozen) and unfreezes the parameters named by ``trainable``.
+
+    Checkpoints keep only the trainable tensors (the frozen rest comes from the base model when the
+    module is built again), so an SD run's checkpoint is megabytes, not gigabytes, and still resumes.
+
+    Args:
+        backbone: which diffusion model to load or build.
+        trainable: preset names or regexes of the parameters to train (see ``modules.params``).
+        export_dir: when set, the model is saved there as a diffusers folder at the end of fit.
+    """
+
+    def __init__(self, backbone: BackboneSpec, trainable: list[str] | None = None, export_dir: str | None = None):
+        super().__init__()
+        self.backbone_spec = backbone
+        self.backbone: Backbone = backbone.build()
+        self.export_dir = export_dir
+        self.strict_loading = False  # checkpoints hold the trainable tensors only
+        self.trainable_names: list[str] = []
+        if trainable:
+            params = select_parameters(self.backbone, trainable)
+            for p in params.values():
+                p.requires_grad_(True)
+            self.trainable_names = [f"backbone.{name}" for name in params]
+        self._base_hashes: dict[str, str] | None = None
+
+    def base_hashes(self) -> dict[str, str]:
+        """Hashes of the backbone as loaded, before any training (cached: hashing SD takes seconds)."""
+        if self._base_hashes is None:
+            self._base_hashes = self.backbone.hashes()
+        return self._base_hashes
+
+    def setup(self, stage: str) -> None:
+        self.base_hashes()  # record the base model before the first step changes it
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = set(self.trainable_names)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["igmu"] = {"base": self.backbone_spec.describe(), "base_hashes": self.base_hashes()}
+
+    def on_train_end(self) -> None:
+        if self.export_dir and self.trainer.is_global_zero:
+            path = self.backbone.save_pretrained(Path(self.export_dir))
+            print(f"exported the trained model to {path}")

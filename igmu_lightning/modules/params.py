@@ -1,0 +1,42 @@
+"""Choosing trainable parameters by name: presets for the sets the algorithm papers use, or any
+regular expression over names such as ``unet.down_blocks.0.attentions.0...attn2.to_k.weight``."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from igmu_lightning.errors import IGMUError
+
+# ESD's names: "xattn" = every cross-attention (attn2) tensor, "noxattn" = the rest of the UNet.
+PRESETS: dict[str, tuple[str, str | None]] = {
+    "unet": (r"^unet\.", None),
+    "xattn": (r"^unet\..*\.attn2\.", None),
+    "xattn_kv": (r"^unet\..*\.attn2\.to_[kv]\.", None),
+    "noxattn": (r"^unet\.", r"\.attn2\."),
+    "selfattn": (r"^unet\..*\.attn1\.", None),
+    "text_encoder": (r"^text_encoder\.", None),
+    "text_encoder_layers": (r"^text_encoder\.text_model\.(encoder|final_layer_norm)\.", None),
+}
+
+
+def select_parameters(model: nn.Module, selection: list[str]) -> dict[str, nn.Parameter]:
+    """Named parameters matching any of ``selection`` (preset names or regexes), in model order.
+    Raises when a pattern selects nothing: a typo must not silently train nothing."""
+    named = dict(model.named_parameters())
+    chosen: dict[str, nn.Parameter] = {}
+    for item in selection:
+        include, exclude = PRESETS.get(item, (item, None))
+        try:
+            inc, exc = re.compile(include), re.compile(exclude) if exclude else None
+        except re.error as err:
+            raise IGMUError(f"trainable pattern '{item}' is not a valid regular expression: {err}") from None
+        hits = [n for n in named if inc.search(n) and not (exc and exc.search(n))]
+        if not hits:
+            raise IGMUError(
+                f"trainable pattern '{item}' matches no parameter: use a preset ({', '.join(PRESETS)}) "
+                "or a regex over names like 'unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight'"
+            )
+        chosen.update({n: named[n] for n in hits})
+    return {n: p for n, p in named.items() if n in chosen}

@@ -1,0 +1,76 @@
+"""Test fixtures: tiny models only, no network, every W&B and cache folder under a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_sandbox(tmp_path_factory):
+    """Point W&B, Hugging Face and our own caches at a temp folder and forbid hub access."""
+    base = tmp_path_factory.mktemp("sandbox")
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(base / "wandb"),
+        "WANDB_CACHE_DIR": str(base / "wandb_cache"),
+        "WANDB_DATA_DIR": str(base / "wandb_data"),
+        "WANDB_CONFIG_DIR": str(base / "wandb_config"),
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(base / "hf"),
+        "IGMU_CACHE": str(base / "igmu"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key in ("WANDB_API_KEY",):
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    for value in env.values():
+        if value.startswith(str(base)):
+            Path(value).mkdir(parents=True, exist_ok=True)
+    yield base
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from igmu_lightning.backbone import TinySD
+
+    return TinySD(seed=0, image_size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny_spec) -> Path:
+    """A tiny SD-shaped model saved with save_pretrained, as a user's model folder would be."""
+    path = tmp_path_factory.mktemp("models") / "tiny-sd"
+    tiny_spec.build().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def captioned_folder(tmp_path) -> Path:
+    """Eight random 20x20 images with captions in metadata.jsonl."""
+    root = tmp_path / "captioned"
+    root.mkdir()
+    rows = []
+    for i in range(8):
+        pixels = np.random.RandomState(i).randint(0, 255, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a photo of thing {i}"}))
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the project's entry points as a user would, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
