@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -37,6 +38,27 @@ class BackboneSpec:
     def describe(self) -> str:
         """A short name for logs and results."""
         return type(self).__name__
+
+    def to_config(self) -> dict:
+        """``{"class_path", "init_args"}``, as in a YAML config: stored in checkpoints instead of a
+        pickled object, so a checkpoint loads with ``torch.load(weights_only=True)``."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(self))}
+
+    @staticmethod
+    def from_config(config: BackboneSpec | dict) -> BackboneSpec:
+        """The inverse of ``to_config`` (only classes of this project are accepted)."""
+        if isinstance(config, BackboneSpec):
+            return config
+        if not isinstance(config, dict) or "class_path" not in config:
+            raise IGMUError(f"a backbone must be a BackboneSpec or a class_path/init_args mapping, got {config!r}")
+        module_name, _, name = config["class_path"].rpartition(".")
+        if not module_name.startswith("igmu_lightning."):
+            raise IGMUError(f"backbone class '{config['class_path']}' is not part of igmu_lightning")
+        cls = getattr(importlib.import_module(module_name), name, None)
+        if not (isinstance(cls, type) and issubclass(cls, BackboneSpec)):
+            raise IGMUError(f"'{config['class_path']}' is not a backbone class")
+        return cls(**config.get("init_args", {}))
 
 
 class Pretrained(BackboneSpec):

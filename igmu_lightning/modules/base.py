@@ -26,6 +26,7 @@ class BackboneModule(LightningModule):
 
     def __init__(self, backbone: BackboneSpec, trainable: list[str] | None = None, export_dir: str | None = None):
         super().__init__()
+        backbone = BackboneSpec.from_config(backbone)  # a dict when rebuilt by load_from_checkpoint
         self.backbone_spec = backbone
         self.backbone: Backbone = backbone.build()
         self.export_dir = export_dir
@@ -53,6 +54,10 @@ class BackboneModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = set(self.trainable_names)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        hparams = checkpoint.get("hyper_parameters", {})
+        for key, value in hparams.items():  # plain data only: loadable with weights_only=True
+            if isinstance(value, BackboneSpec):
+                hparams[key] = value.to_config()
         checkpoint["igmu"] = {"base": self.backbone_spec.describe(), "base_hashes": self.base_hashes()}
 
     def on_train_end(self) -> None:

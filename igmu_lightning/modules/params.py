@@ -17,7 +17,7 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "noxattn": (r"^unet\.", r"\.attn2\."),
     "selfattn": (r"^unet\..*\.attn1\.", None),
     "text_encoder": (r"^text_encoder\.", None),
-    "text_encoder_layers": (r"^text_encoder\.text_model\.(encoder|final_layer_norm)\.", None),
+    "text_encoder_layers": (r"^text_encoder\.(text_model\.)?(encoder|final_layer_norm)\.", None),
 }
 
 

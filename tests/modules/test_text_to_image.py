@@ -1,0 +1,57 @@
+import torch
+from lightning.pytorch import Trainer
+
+from igmu_lightning.data import CaptionedFolderData
+from igmu_lightning.modules import TextToImage
+
+
+def fixed_loss(module, batch):
+    """The DDPM loss at fixed noise and timesteps, so two evaluations are comparable."""
+    with torch.random.fork_rng():
+        torch.manual_seed(123)
+        module.eval()
+        with torch.no_grad():
+            return module.diffusion_loss(batch["image"], batch["prompt"]).item()
+
+
+def test_training_lowers_the_diffusion_loss(tiny_spec, captioned_folder):
+    data = CaptionedFolderData(str(captioned_folder), image_size=16, batch_size=8)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module = TextToImage(tiny_spec, trainable=["unet"], lr=2e-3, caption_dropout=0.0)
+    before = fixed_loss(module, batch)
+    trainer = Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, data)
+    assert fixed_loss(module, batch) < 0.8 * before
+    # only what was asked for was trained
+    base = tiny_spec.build()
+    assert torch.equal(module.backbone.vae.encoder.conv_in.weight, base.vae.encoder.conv_in.weight)
+    assert not torch.equal(module.backbone.unet.conv_in.weight, base.unet.conv_in.weight)
+
+
+def test_checkpoint_holds_only_trained_tensors_and_resumes(tiny_spec, captioned_folder, tmp_path):
+    data = CaptionedFolderData(str(captioned_folder), image_size=16, batch_size=4)
+    module = TextToImage(tiny_spec, trainable=["xattn"], lr=1e-3)
+    trainer = Trainer(max_steps=2, logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(module, data)
+    ckpt = trainer.checkpoint_callback.best_model_path
+    state = torch.load(ckpt, weights_only=True)
+    assert set(state["state_dict"]) == set(module.trainable_names)
+    assert all(".attn2." in k for k in state["state_dict"])
+    assert state["igmu"]["base_hashes"] == tiny_spec.build().hashes()
+
+    resumed = TextToImage(tiny_spec, trainable=["xattn"], lr=1e-3)
+    trainer2 = Trainer(max_steps=4, logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer2.fit(resumed, data, ckpt_path=ckpt)
+    assert trainer2.global_step == 4
+    # The frozen weights come from the base model, the trained ones from the checkpoint + 2 more steps.
+    assert torch.equal(resumed.backbone.unet.conv_in.weight, module.backbone.unet.conv_in.weight)
+
+
+def test_load_from_checkpoint_rebuilds_backbone_and_trained_weights(tiny_spec, captioned_folder, tmp_path):
+    module = TextToImage(tiny_spec, trainable=["xattn_kv"], lr=1e-2)
+    trainer = Trainer(max_steps=2, logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(module, CaptionedFolderData(str(captioned_folder), image_size=16, batch_size=4))
+    loaded = TextToImage.load_from_checkpoint(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert loaded.backbone.hashes() == module.backbone.hashes()
+    assert loaded.backbone.hashes()["unet"] != tiny_spec.build().hashes()["unet"]

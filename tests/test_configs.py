@@ -1,0 +1,73 @@
+"""Every shipped YAML is parsed against the real signatures (full experiment configs are also
+instantiated, with the tiny backbone swapped in), so a shipped config can never rot."""
+
+from pathlib import Path
+
+import pytest
+from jsonargparse import ArgumentParser
+
+from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.cli import IGMUCLI
+from igmu_lightning.evaluate_cli import build_parser
+from tests.conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+TINY = str(ROOT / "configs/backbone/tiny.yaml")
+# How each top-level folder is used: a fragment for --model.backbone, a --config fragment for the
+# trainer, an evaluate.py config, or a whole train.py experiment.
+KINDS = {"backbone": "backbone", "trainer": "trainer", "eval": "eval", "finetune": "experiment"}
+
+
+def kind(path: Path) -> str:
+    folder = path.relative_to(ROOT / "configs").parts[0]
+    assert folder in KINDS, f"configs/{folder}/ is not known to the config test: add it to KINDS"
+    return KINDS[folder]
+
+
+class ParseOnly(IGMUCLI):
+    """(With run=False there are no subcommands.) Stops LightningCLI after parsing (trainer presets name GPUs this machine does not have)."""
+
+    def before_instantiate_classes(self) -> None:
+        raise StopIteration
+
+
+def swap_backbones(node):
+    """Replace every backbone in a parsed config by the tiny one (no SD weights here)."""
+    if isinstance(node, dict):
+        return {k: (TINY if k == "backbone" else swap_backbones(v)) for k, v in node.items()}
+    return node
+
+
+def test_every_config_folder_is_known():
+    assert CONFIGS
+    for path in CONFIGS:
+        kind(path)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_shipped_config_parses_against_the_real_signatures(path, tmp_path):
+    what = kind(path)
+    if what == "backbone":
+        parser = ArgumentParser()
+        parser.add_subclass_arguments(BackboneSpec, "backbone")
+        spec = parser.instantiate_classes(parser.parse_args(["--backbone", str(path)])).backbone
+        assert isinstance(spec, BackboneSpec)
+    elif what == "trainer":
+        with pytest.raises(StopIteration):
+            ParseOnly(args=["--config", str(path), "--model", "igmu_lightning.modules.TextToImage",
+                            "--model.backbone", TINY, "--data", "igmu_lightning.data.CaptionedFolderData",
+                            "--data.root", "x"], run=False)  # fmt: skip
+    elif what == "eval":
+        parser = build_parser()
+        config = parser.parse_args(["--config", str(path)])
+        as_dict = swap_backbones(config.as_dict())
+        as_dict.pop("config", None)
+        config = parser.parse_object(as_dict)
+        assert parser.instantiate_classes(config).evaluation is not None
+    else:
+        cli = IGMUCLI(
+            args=["--config", str(path), "--model.init_args.backbone", TINY, "--trainer.accelerator", "cpu",
+                  "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)],
+            run=False,
+        )  # fmt: skip
+        assert cli.model.backbone.unet is not None and cli.datamodule is not None
