@@ -4,10 +4,12 @@ record (resolved config, seed, package versions, model hashes) saved beside ever
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from igmu_lightning.utils.io import atomic_write_json, atomic_write_text
@@ -50,7 +52,11 @@ class IGMUCLI(LightningCLI):
     """``train.py``: subcommands fit / validate / test / predict over any of the project's modules."""
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
-        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
+        # Runs without a logger keep their checkpoints under logs/, never in the shipped checkpoints/.
+        defaults = {"logger": DEFAULT_LOGGER, "default_root_dir": "logs"}
+        if not sys.stderr.isatty():  # in batch jobs and log files, print progress lines every 50 steps
+            defaults["callbacks"] = [TQDMProgressBar(refresh_rate=50)]
+        kwargs.setdefault("trainer_defaults", defaults)
         kwargs.setdefault("seed_everything_default", 0)
         super().__init__(
             LightningModule,

@@ -8,7 +8,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from igmu_lightning.backbone.backbone import Backbone
-from igmu_lightning.backbone.loader import BackboneSpec
+from igmu_lightning.backbone.loader import BackboneSpec, resolve_model_source
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.backbone.tokenizer import MAX_LENGTH, clip_tokenizer
 
 
@@ -37,6 +38,8 @@ class TinySD(BackboneSpec):
         text_width, text_layers, text_heads: CLIP text transformer size (vocabulary is CLIP's 49408).
         vae_channels: VAE block widths; ``(32,)`` makes a factor-1 VAE.
         latent_channels: 4, as SD.
+        vae_from: a diffusers model folder whose trained VAE replaces the random one (the second
+            stage of pretraining: the UNet learns in the latent space of a VAE trained first).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class TinySD(BackboneSpec):
         vae_channels: tuple[int, ...] = (32, 32),
         latent_channels: int = 4,
         norm_num_groups: int = 8,
+        vae_from: str | None = None,
     ) -> None:
         self.seed = seed
         self.image_size = image_size
@@ -64,6 +68,7 @@ class TinySD(BackboneSpec):
         self.vae_channels = tuple(vae_channels)
         self.latent_channels = latent_channels
         self.norm_num_groups = norm_num_groups
+        self.vae_from = vae_from
 
     def describe(self) -> str:
         return f"TinySD(seed={self.seed}, image_size={self.image_size}, unet={list(self.unet_channels)})"
@@ -111,6 +116,15 @@ class TinySD(BackboneSpec):
         return CLIPTextModel(config)
 
     def _vae(self) -> AutoencoderKL:
+        if self.vae_from:
+            source, local_only = resolve_model_source(self.vae_from)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=local_only)
+            if tuple(vae.config.block_out_channels) != self.vae_channels or vae.config.latent_channels != self.latent_channels:
+                raise IGMUError(
+                    f"the VAE in '{self.vae_from}' has channels {list(vae.config.block_out_channels)} and "
+                    f"{vae.config.latent_channels} latent channels; set vae_channels/latent_channels to match"
+                )
+            return vae
         n = len(self.vae_channels)
         return AutoencoderKL(
             in_channels=3,

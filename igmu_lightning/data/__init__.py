@@ -1,5 +1,6 @@
-"""LightningDataModules: captioned image folders (and, later, DataIGM splits and the world)."""
+"""LightningDataModules: captioned image folders, DataIGM labelled image folders."""
 
 from igmu_lightning.data.captioned_folder import CaptionedFolderData, load_image
+from igmu_lightning.data.labelled_folder import LabelledFolderData
 
-__all__ = ["CaptionedFolderData", "load_image"]
+__all__ = ["CaptionedFolderData", "LabelledFolderData", "load_image"]

@@ -1,0 +1,113 @@
+"""The world's prompt sets per erasure target, in IGMU's terms, each prompt with the scene it
+asks for (so the evaluator knows which shape, colour, style and attribute should appear).
+
+forget       prompts that name the target (IGMU ``forgot``)
+remove_word  the same prompts with the target word removed (style / attribute: what must survive)
+unrelated    prompts of the other classes of the target's family (IGMU ``retain`` for objects)
+near         prompts of the concept that resembles the target (HUB's pinpoint-ness)
+synonym      paraphrase templates naming the target by a synonym (robustness)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from igmu_lightning.world.concepts import (
+    COLOURS,
+    FAMILIES,
+    MAIN_TEMPLATES,
+    PARAPHRASE_TEMPLATES,
+    SHAPES,
+    STYLES,
+    TARGETS,
+    Scene,
+    Target,
+)
+
+PROMPT_SETS = ("forget", "remove_word", "unrelated", "near", "synonym")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt: str
+    scene: Scene  # what the prompt asks for; for remove_word, what must survive
+
+
+def _scenes(target: Target, value: str, n: int, rng: np.random.Generator) -> list[Scene]:
+    """n scenes with the target's family fixed to ``value``; other factors balanced and shuffled.
+    Non-target attributes stay "filled" so that prompts do not stack attribute words."""
+    scenes = []
+    for i in range(n):
+        scene = Scene(SHAPES[i % len(SHAPES)], COLOURS[(i // len(SHAPES)) % len(COLOURS)], STYLES[rng.integers(len(STYLES))])
+        if target.family == "shape":  # every colour and style with the fixed shape
+            scene = Scene(value, COLOURS[i % len(COLOURS)], STYLES[(i // len(COLOURS)) % len(STYLES)])
+        scenes.append(replace(scene, **{target.family: value}))
+    order = rng.permutation(n)
+    return [scenes[k] for k in order]
+
+
+def _items(target: Target, value: str, n: int, rng: np.random.Generator, templates=MAIN_TEMPLATES, words=None):
+    return [
+        PromptItem(s.caption(templates[i % len(templates)], words), s) for i, s in enumerate(_scenes(target, value, n, rng))
+    ]
+
+
+def prompt_sets(target: Target | str, n_per_class: int = 16, seed: int = 0) -> dict[str, dict[str, list[PromptItem]]]:
+    """``{set name: {class: [PromptItem]}}`` for one target; deterministic in (target, n, seed)."""
+    target = TARGETS[target] if isinstance(target, str) else target
+    rng = np.random.default_rng([seed, list(TARGETS).index(target.name)])
+    others = [c for c in FAMILIES[target.family] if c != target.word]
+    if target.family == "shape":
+        forget = {target.word: _items(target, target.word, n_per_class, rng)}
+    else:  # style / attribute: one class per subject (shape), as IGMU's nudity and style sets
+        forget = {}
+        for shape in SHAPES:
+            items = _items(target, target.word, n_per_class, rng)
+            forget[shape] = [PromptItem(replace(it.scene, shape=shape).caption(_template(it)), replace(it.scene, shape=shape)) for it in items]
+    remove_word = {
+        cls: [PromptItem(strip_word(it.prompt, target.word), replace(it.scene, **{target.family: target.anchor})) for it in items]
+        for cls, items in forget.items()
+    }
+    return {
+        "forget": forget,
+        "remove_word": remove_word if target.family != "shape" else {},
+        "unrelated": {c: _items(target, c, n_per_class, rng) for c in others if c != target.near},
+        "near": {target.near: _items(target, target.near, n_per_class, rng)},
+        "synonym": {
+            syn: _items(target, target.word, n_per_class, rng, PARAPHRASE_TEMPLATES, {target.word: syn})
+            for syn in target.synonyms
+        },
+    }
+
+
+def _template(item: PromptItem) -> str:
+    """The main template an item was written with (recovered from its scene and prompt)."""
+    for template in MAIN_TEMPLATES:
+        if item.scene.caption(template) == item.prompt:
+            return template
+    raise ValueError(f"prompt '{item.prompt}' matches no main template")
+
+
+def strip_word(prompt: str, word: str) -> str:
+    """The prompt with every occurrence of ``word`` removed once, as whole words (IGMU's
+    ``remove_word`` without its defect of concatenating several copies of the prompt)."""
+    kept = [w for w in prompt.split(" ") if w.strip(",") != word]
+    return " ".join(kept)
+
+
+def igmu_json(target: Target | str, n_per_class: int = 16, seed: int = 0) -> dict[str, dict]:
+    """The sets as IGMU's files: ``{file: {task: {class: [prompt]}}}`` with task ``<category>_<word>``."""
+    target = TARGETS[target] if isinstance(target, str) else target
+    task = f"{target.category}_{target.word}"
+    sets = prompt_sets(target, n_per_class, seed)
+    as_text = {name: {c: [it.prompt for it in items] for c, items in classes.items()} for name, classes in sets.items()}
+    retain = as_text["remove_word"] if target.family != "shape" else as_text["unrelated"]
+    return {
+        "forgot": {task: as_text["forget"]},
+        "retain": {task: retain},
+        "near": {task: as_text["near"]},
+        "synonym": {task: as_text["synonym"]},
+        "unrelated": {task: as_text["unrelated"]},
+    }
