@@ -29,6 +29,26 @@ def default_results_path(config) -> Path:
     return Path("results") / f"{files[-1].stem if files else 'evaluation'}.json"
 
 
+HEADLINE = ("forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.target_rate")
+
+
+def summary_table(methods: dict) -> str:
+    """One line per method: the headline metrics when present, else every metric."""
+    flat = {
+        name: {f"{a}.{m}": v["value"] for a, ms in method.get("aspects", {}).items() for m, v in ms.items()}
+        for name, method in methods.items()
+    }
+    columns = [c for c in HEADLINE if any(c in row for row in flat.values())]
+    if not columns:
+        columns = sorted({c for row in flat.values() for c in row})
+    width = max([len(n) for n in flat] + [6])
+    lines = [f"{'method':<{width}}  " + "  ".join(f"{c:>{max(len(c), 8)}}" for c in columns)]
+    for name, row in flat.items():
+        cells = [f"{row[c]:>{max(len(c), 8)}.4g}" if c in row else f"{'-':>{max(len(c), 8)}}" for c in columns]
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -41,8 +61,6 @@ def main(args: list[str] | None = None) -> Path:
     evaluation = parser.instantiate_classes(config).evaluation
     output = evaluation.run(seed=config.seed)
     write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods))
-    for name, method in output.methods.items():
-        metrics = [f"{a}.{m}={v['value']:.4g}" for a, ms in method.get("aspects", {}).items() for m, v in ms.items()]
-        print(f"{name}: " + ", ".join(metrics))
+    print(summary_table(output.methods))
     print(f"results written to {path}")
     return path

@@ -111,15 +111,17 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_model_source(path: str) -> tuple[str, bool]:
+def resolve_model_source(
+    path: str, markers: tuple[str, ...] = ("model_index.json", "unet/config.json"), kind: str = "diffusers model"
+) -> tuple[str, bool]:
     """Return (where to load from, local_files_only). Raise a one-line ``IGMUError`` when it
     cannot possibly load: a missing folder, a folder that is no diffusers model, or a hub id that
     is not cached while the hub is unreachable."""
     local = Path(os.path.expanduser(path))
     if local.is_dir():
-        if not (local / "model_index.json").is_file() and not (local / "unet" / "config.json").is_file():
+        if not any((local / marker).is_file() for marker in markers):
             raise IGMUError(
-                f"model folder '{path}' is not a diffusers model (no model_index.json or unet/config.json): "
+                f"model folder '{path}' is not a {kind} (no {' or '.join(markers)}): "
                 "point to a folder written by save_pretrained"
             )
         return str(local), True

@@ -68,9 +68,8 @@ class LabelledFolderData(LightningDataModule):
     ) -> None:
         super().__init__()
         self.task_dir = Path(root) / task
-        if not self.task_dir.is_dir():
-            raise IGMUError(f"task folder '{self.task_dir}' does not exist (expected <root>/<task>/{{train,test}}/<label>/)")
-        if class_names is None:
+        if class_names is None:  # read from the folder now; given names are checked at setup
+            self._check_task_dir()
             train = self.task_dir / "train"
             class_names = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
         if len(class_names) < 2:
@@ -81,7 +80,12 @@ class LabelledFolderData(LightningDataModule):
         self.hflip, self.num_workers, self.seed = hflip, num_workers, seed
         self.sets: dict[str, Dataset] = {}
 
+    def _check_task_dir(self) -> None:
+        if not self.task_dir.is_dir():
+            raise IGMUError(f"task folder '{self.task_dir}' does not exist (expected <root>/<task>/{{train,test}}/<label>/)")
+
     def setup(self, stage: str | None = None) -> None:
+        self._check_task_dir()
         train = list_labelled_images(self.task_dir / "train", self.class_names)
         n_val = int(round(len(train) * self.val_fraction))
         fit, val = random_split(train, [len(train) - n_val, n_val], torch.Generator().manual_seed(self.seed))

@@ -69,7 +69,7 @@ class ClipVisionFeatures(FeatureExtractor):
 
         from igmu_lightning.backbone.loader import resolve_model_source
 
-        source, local_only = resolve_model_source(path)
+        source, local_only = resolve_model_source(path, ("config.json",), "transformers model")
         try:
             self.model = CLIPVisionModelWithProjection.from_pretrained(source, local_files_only=local_only)
         except OSError as err:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from igmu_lightning.utils.text import strip_concept
+
 from igmu_lightning.world.concepts import (
     COLOURS,
     FAMILIES,
@@ -35,23 +37,29 @@ class PromptItem:
     scene: Scene  # what the prompt asks for; for remove_word, what must survive
 
 
-def _scenes(target: Target, value: str, n: int, rng: np.random.Generator) -> list[Scene]:
-    """n scenes with the target's family fixed to ``value``; other factors balanced and shuffled.
-    Non-target attributes stay "filled" so that prompts do not stack attribute words."""
+def family_scenes(family: str, value: str, n: int, rng: np.random.Generator) -> list[Scene]:
+    """n scenes with ``family`` fixed to ``value`` and the other factors balanced, then shuffled.
+    Attributes stay "filled" unless they are the fixed family, so prompts never stack attribute words."""
     scenes = []
     for i in range(n):
-        scene = Scene(SHAPES[i % len(SHAPES)], COLOURS[(i // len(SHAPES)) % len(COLOURS)], STYLES[rng.integers(len(STYLES))])
-        if target.family == "shape":  # every colour and style with the fixed shape
+        if family == "shape":  # every colour and style with the fixed shape
             scene = Scene(value, COLOURS[i % len(COLOURS)], STYLES[(i // len(COLOURS)) % len(STYLES)])
-        scenes.append(replace(scene, **{target.family: value}))
-    order = rng.permutation(n)
-    return [scenes[k] for k in order]
+        else:
+            scene = Scene(SHAPES[i % len(SHAPES)], COLOURS[(i // len(SHAPES)) % len(COLOURS)], STYLES[rng.integers(len(STYLES))])
+        scenes.append(replace(scene, **{family: value}))
+    return [scenes[k] for k in rng.permutation(n)]
+
+
+def family_prompts(
+    family: str, value: str, n: int, rng: np.random.Generator, templates=MAIN_TEMPLATES, words=None
+) -> list[PromptItem]:
+    """n prompts asking for ``value`` of ``family``, cycling through ``templates``."""
+    scenes = family_scenes(family, value, n, rng)
+    return [PromptItem(s.caption(templates[i % len(templates)], words), s) for i, s in enumerate(scenes)]
 
 
 def _items(target: Target, value: str, n: int, rng: np.random.Generator, templates=MAIN_TEMPLATES, words=None):
-    return [
-        PromptItem(s.caption(templates[i % len(templates)], words), s) for i, s in enumerate(_scenes(target, value, n, rng))
-    ]
+    return family_prompts(target.family, value, n, rng, templates, words)
 
 
 def prompt_sets(target: Target | str, n_per_class: int = 16, seed: int = 0) -> dict[str, dict[str, list[PromptItem]]]:
@@ -91,10 +99,8 @@ def _template(item: PromptItem) -> str:
 
 
 def strip_word(prompt: str, word: str) -> str:
-    """The prompt with every occurrence of ``word`` removed once, as whole words (IGMU's
-    ``remove_word`` without its defect of concatenating several copies of the prompt)."""
-    kept = [w for w in prompt.split(" ") if w.strip(",") != word]
-    return " ".join(kept)
+    """The prompt with the target word removed (IGMU's ``remove_word``)."""
+    return strip_concept(prompt, [word])
 
 
 def igmu_json(target: Target | str, n_per_class: int = 16, seed: int = 0) -> dict[str, dict]:

@@ -58,6 +58,8 @@ def test_class_mismatch_and_bad_folders_are_refused(world_folder, tmp_path):
         Trainer(max_steps=1, logger=False, enable_progress_bar=False).fit(model, data)
     with pytest.raises(IGMUError, match="does not exist"):
         LabelledFolderData(str(world_folder), "World_Nope")
+    with pytest.raises(IGMUError, match="World_Nope' does not exist"):
+        LabelledFolderData(str(world_folder), "World_Nope", class_names=["a", "b"]).setup("fit")
     with pytest.raises(IGMUError, match="not a detector folder"):
         load_detector(tmp_path)
     with pytest.raises(IGMUError, match="timm has no model 'resnet_typo'"):

@@ -26,3 +26,10 @@ def test_tensor_hash_sees_values_names_and_dtypes():
     assert tensors_hash(base) != tensors_hash({"w": torch.ones(2, 2) * 1.0001})
     assert tensors_hash(base) != tensors_hash({"v": torch.ones(2, 2)})
     assert tensors_hash(base) != tensors_hash({"w": torch.ones(2, 2, dtype=torch.float64)})
+
+
+def test_tensor_hash_handles_scalars_and_bfloat16():
+    import torch
+
+    state = {"steps": torch.tensor(3), "w": torch.ones(2, dtype=torch.bfloat16)}
+    assert tensors_hash(state) != tensors_hash({"steps": torch.tensor(4), "w": torch.ones(2, dtype=torch.bfloat16)})

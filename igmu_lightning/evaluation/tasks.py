@@ -1,0 +1,59 @@
+"""The one table that decides, per CatIGMU category, which prompt sets are generated and which
+metrics apply (DESIGN.md section 1). Everything else reads it; no category `if` chains elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from igmu_lightning.errors import IGMUError
+
+
+@dataclass(frozen=True)
+class TaskRule:
+    """What one category of erasure is judged on.
+
+    prompt_sets: the sets generated for every model compared.
+    reference_sets: the sets the original model also generates, as references for paired metrics.
+    metrics: ``aspect.metric`` names that apply.
+    subject: the family that must survive the erasure of an attribute or a style (None for objects).
+    """
+
+    prompt_sets: tuple[str, ...]
+    reference_sets: tuple[str, ...]
+    metrics: tuple[str, ...]
+    subject: str | None = None
+
+
+_COMMON = (
+    "forgetting.target_rate",
+    "preservation.retain_accuracy",
+    "preservation.near_accuracy",
+    "preservation.fid_retain",
+    "preservation.feature_distance_retain",
+    "quality.fid",
+    "alignment.attribute_rate",
+    "robustness.target_rate",
+    "efficiency.params_changed",
+    "efficiency.params_changed_share",
+)
+# Attribute-of-a-subject (nudity) and style erasures must keep the rest of the prompt: the subject
+# is still drawn, and the original's images of the stripped prompts are the reference.
+_KEEP_REST = ("preservation.subject_kept", "preservation.fid_remove_word", "preservation.feature_distance_remove_word")
+
+TASKS: dict[str, TaskRule] = {
+    "object": TaskRule(("forget", "unrelated", "near", "synonym"), ("unrelated",), _COMMON),
+    "style": TaskRule(
+        ("forget", "unrelated", "near", "synonym"), ("unrelated", "remove_word"), _COMMON + _KEEP_REST, subject="shape"
+    ),
+    "attribute": TaskRule(
+        ("forget", "unrelated", "near", "synonym"), ("unrelated", "remove_word"), _COMMON + _KEEP_REST, subject="shape"
+    ),
+}
+TASKS["nudity"] = TASKS["attribute"]  # the SD-scale name of the attribute-of-a-subject category
+
+
+def task_rule(category: str) -> TaskRule:
+    try:
+        return TASKS[category]
+    except KeyError:
+        raise IGMUError(f"unknown task category '{category}': choose one of {', '.join(TASKS)}") from None

@@ -1,0 +1,90 @@
+"""Prompt-faithfulness of a model of the embedded world: for every class of every concept family,
+images of prompts that ask for it, judged by that family's detector. It is how the shipped base
+model's quality is measured (docs/world.md) and the world's stand-in for alignment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from igmu_lightning.backbone import BackboneSpec, Pretrained
+from igmu_lightning.detectors import load_detector
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.metrics import ClassRate, summary
+from igmu_lightning.sampling import Sampler, SamplerSettings
+from igmu_lightning.world.concepts import FAMILIES
+from igmu_lightning.world.prompts import family_prompts
+
+WORLD_MODEL = "checkpoints/world/base"
+WORLD_DETECTORS = "checkpoints/world/detectors"
+
+
+def load_world_detectors(folder: str | Path, families: list[str]) -> dict:
+    folder = Path(folder)
+    detectors = {}
+    for family in families:
+        detector = load_detector(folder / family)
+        if detector.class_names != list(FAMILIES[family]):
+            raise IGMUError(f"detector '{folder / family}' has classes {detector.class_names}, expected {list(FAMILIES[family])}")
+        detectors[family] = detector
+    return detectors
+
+
+class WorldFaithfulness(Evaluation):
+    """Per class: the share of ``images_per_class`` images its detector assigns to that class.
+
+    Args:
+        backbone: the world model to judge (default: the shipped base model).
+        detectors: folder with one detector per family (``shape/``, ``colour/``...).
+        families: which families to judge.
+        images_per_class: images per class, each with its own seed.
+        sampler: sampling settings (default: the sampler's defaults).
+        batch_size: images per sampler batch.
+        name: method name in the results.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec | None = None,
+        detectors: str = WORLD_DETECTORS,
+        families: list[str] | None = None,
+        images_per_class: int = 64,
+        sampler: SamplerSettings | None = None,
+        batch_size: int = 64,
+        name: str = "base",
+    ) -> None:
+        self.backbone = backbone or Pretrained(WORLD_MODEL)
+        self.detectors, self.families = detectors, list(families or FAMILIES)
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise IGMUError(f"unknown families {sorted(unknown)}: choose from {', '.join(FAMILIES)}")
+        if images_per_class < 1:
+            raise IGMUError(f"images_per_class must be >= 1, got {images_per_class}")
+        self.images_per_class, self.settings = images_per_class, sampler or SamplerSettings()
+        self.batch_size, self.name = batch_size, name
+
+    def run(self, seed: int) -> EvaluationOutput:
+        model = self.backbone.build().eval()
+        detectors = load_world_detectors(self.detectors, self.families)
+        sampler = Sampler(model, self.settings, batch_size=self.batch_size)
+        metrics, outcomes = {}, {f: [] for f in self.families}
+        jobs = [(f, c) for f in self.families for c in FAMILIES[f]]
+        offset = 0
+        for family, value in tqdm(jobs, desc="faithfulness", unit="class"):
+            rng = np.random.default_rng([seed, list(FAMILIES).index(family), FAMILIES[family].index(value)])
+            items = family_prompts(family, value, self.images_per_class, rng)
+            seeds = [seed * 1_000_003 + offset + i for i in range(len(items))]
+            offset += len(items)
+            images = sampler.generate([it.prompt for it in items], seeds).images
+            rate = ClassRate(FAMILIES[family].index(value))
+            with torch.inference_mode():
+                rate.update(detectors[family].predict(images))
+            metrics[f"{family}.{value}"] = rate.summary(seed)
+            outcomes[family].append(rate.per_sample())
+        for family, parts in outcomes.items():  # classes have equal n: the pooled rate is their mean
+            metrics[f"{family}.mean"] = summary(torch.cat(parts), seed)
+        return EvaluationOutput({self.name: {"aspects": {"alignment": metrics}}}, {self.name: model.hashes()})

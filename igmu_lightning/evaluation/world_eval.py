@@ -1,0 +1,200 @@
+"""EvalIGMU on the embedded world: every aspect of one erasure target, for the original model and
+each unlearned model, with the world's detectors as judges and real renders as the FID reference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.generation import ImageCache, generate_images, model_fingerprint
+from igmu_lightning.evaluation.tasks import task_rule
+from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_world_detectors
+from igmu_lightning.metrics import ClassRate, LabelAccuracy, SampleRate
+from igmu_lightning.metrics.fid import FID
+from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps
+from igmu_lightning.sampling import Sampler, SamplerSettings
+from igmu_lightning.world.concepts import FAMILIES, TARGETS
+from igmu_lightning.world.prompts import PROMPT_SETS, PromptItem, prompt_sets
+from igmu_lightning.world.render import render
+
+ORIGINAL = "original"
+
+
+@dataclass
+class PromptBatch:
+    """One prompt set flattened: prompts, the scenes they ask for, their seeds."""
+
+    items: list[PromptItem]
+    seeds: list[int]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [it.prompt for it in self.items]
+
+    def labels(self, family: str) -> torch.Tensor:
+        return torch.tensor([FAMILIES[family].index(it.scene.label(family)) for it in self.items])
+
+
+def flatten_sets(target: str, n_per_class: int, seed: int) -> dict[str, PromptBatch]:
+    """Each set's prompts in a fixed order with fixed seeds: every model sees the same (prompt,
+    seed) pairs, and remove_word item k shares its seed with forget item k (a matched pair)."""
+    batches = {}
+    for name, classes in prompt_sets(target, n_per_class, seed).items():
+        items = [it for cls in classes.values() for it in cls]
+        set_id = "forget" if name == "remove_word" else name  # same seeds as the prompts they strip
+        base = seed * 1_000_003 + PROMPT_SETS.index(set_id) * 100_000
+        batches[name] = PromptBatch(items, [base + i for i in range(len(items))])
+    return batches
+
+
+def changed_parameters(model: Backbone, original: Backbone) -> tuple[int, float]:
+    """(count, share) of weight elements that differ from the original model's."""
+    theirs = original.state_dict()
+    changed = total = 0
+    for name, tensor in model.state_dict().items():
+        total += tensor.numel()
+        if name not in theirs or theirs[name].shape != tensor.shape:
+            changed += tensor.numel()
+        else:
+            changed += int((tensor != theirs[name].to(tensor.device, tensor.dtype)).sum())
+    return changed, changed / max(total, 1)
+
+
+class WorldEvaluation(Evaluation):
+    """All EvalIGMU aspects of one world target (object / style / attribute).
+
+    Args:
+        target: which erasure task of the world.
+        methods: name -> unlearned model; the original model is always scored too, as "original".
+        original: the model before unlearning (default: the shipped base model).
+        detectors: folder of the world's detectors, one per family.
+        prompts_per_class: prompts per class of every prompt set.
+        sampler: sampling settings, the same for every model.
+        batch_size: images per sampler batch.
+        cache_dir: image cache (None: no cache).
+    """
+
+    def __init__(
+        self,
+        target: str = "object",
+        methods: dict[str, BackboneSpec] | None = None,
+        original: BackboneSpec | None = None,
+        detectors: str = WORLD_DETECTORS,
+        prompts_per_class: int = 16,
+        sampler: SamplerSettings | None = None,
+        batch_size: int = 64,
+        cache_dir: str | None = "outputs/cache/images",
+    ) -> None:
+        if target not in TARGETS:
+            raise IGMUError(f"unknown world target '{target}': choose one of {', '.join(TARGETS)}")
+        if methods and ORIGINAL in methods:
+            raise IGMUError(f"'{ORIGINAL}' is the name of the original model: rename that method")
+        if prompts_per_class < 2:
+            raise IGMUError(f"prompts_per_class must be >= 2 (FID needs two images), got {prompts_per_class}")
+        self.target, self.rule = TARGETS[target], task_rule(TARGETS[target].category)
+        self.methods = dict(methods or {})
+        self.original = original or Pretrained(WORLD_MODEL)
+        self.detectors_dir, self.prompts_per_class = detectors, prompts_per_class
+        self.settings, self.batch_size = sampler or SamplerSettings(), batch_size
+        self.cache = ImageCache(cache_dir) if cache_dir else None
+
+    # --- one model ----------------------------------------------------------------------------
+    def _images(self, model: Backbone, fingerprint: str, batch: PromptBatch) -> torch.Tensor:
+        sampler = Sampler(model, self.settings, batch_size=self.batch_size)
+        return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint)
+
+    def _score(self, images: dict, refs: dict, sets: dict[str, PromptBatch], seed: int) -> dict:
+        """Every metric of the task table for one model's images (``refs``: the original's)."""
+        t, detectors = self.target, self.detectors
+        judge = detectors[t.family]
+        word = FAMILIES[t.family].index(t.word)
+        predict = {name: judge.predict(x) for name, x in images.items()}
+        metrics: dict[str, dict] = {}
+
+        def rate(metric: SampleRate, *args) -> dict:
+            metric.update(*args)
+            return metric.summary(seed)
+
+        metrics["forgetting.target_rate"] = rate(ClassRate(word), predict["forget"])
+        metrics["preservation.retain_accuracy"] = rate(LabelAccuracy(), predict["unrelated"], sets["unrelated"].labels(t.family))
+        metrics["preservation.near_accuracy"] = rate(LabelAccuracy(), predict["near"], sets["near"].labels(t.family))
+        metrics["robustness.target_rate"] = rate(ClassRate(word), predict["synonym"])
+        if self.rule.subject:
+            subject = self.rule.subject
+            kept = detectors[subject].predict(images["forget"])
+            metrics["preservation.subject_kept"] = rate(LabelAccuracy(), kept, sets["forget"].labels(subject))
+        # alignment: the other things the forget prompts asked for are still drawn
+        asked = [f for f in ("shape", "colour", "style") if f != t.family]
+        hits = torch.stack([detectors[f].predict(images["forget"]) == sets["forget"].labels(f) for f in asked]).float().mean(0)
+        metrics["alignment.attribute_rate"] = rate(SampleRate(), hits)
+        # image quality and closeness to the original, in the shape detector's feature space
+        features = detectors["shape"].features
+        pairs = [("retain", "unrelated", "unrelated")]
+        if "remove_word" in refs:
+            pairs.append(("remove_word", "forget", "remove_word"))
+        for suffix, mine, theirs in pairs:
+            fid = FID(feature=features)
+            fid.update(refs[theirs], real=True)
+            fid.update(images[mine], real=False)
+            metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
+            distance = FeatureDistance(TimmFeatureMaps(features))
+            metrics[f"preservation.feature_distance_{suffix}"] = rate(distance, images[mine], refs[theirs])
+        fid = FID(feature=features)
+        for name in ("forget", "unrelated"):
+            fid.update(self._renders(sets[name], seed), real=True)
+            fid.update(images[name], real=False)
+        metrics["quality.fid"] = fid.summary(seed)
+        return metrics
+
+    def _renders(self, batch: PromptBatch, seed: int) -> torch.Tensor:
+        """Real images of the scenes the prompts ask for: the world's "real set" for FID."""
+        size = self._image_size
+        arrays = [render(it.scene, size, np.random.default_rng([seed, s])) for it, s in zip(batch.items, batch.seeds)]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+    # --- the evaluation -----------------------------------------------------------------------
+    def run(self, seed: int) -> EvaluationOutput:
+        self.detectors = load_world_detectors(self.detectors_dir, list(FAMILIES))
+        sets = flatten_sets(self.target.name, self.prompts_per_class, seed)
+        original = self.original.build().eval()
+        self._image_size = original.image_size
+        original_id = model_fingerprint(original)
+        progress = tqdm(total=len(self.methods) + 1, desc=f"evaluating ({self.target.name})", unit="model")
+        refs = {name: self._images(original, original_id, sets[name]) for name in self.rule.reference_sets}
+        methods, hashes = {}, {}
+        for name, spec in [(ORIGINAL, None), *self.methods.items()]:
+            start = time.perf_counter()
+            model = original if spec is None else spec.build().eval()
+            if model.image_size != original.image_size:
+                raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
+            fingerprint = original_id if spec is None else model_fingerprint(model)
+            images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
+            with torch.inference_mode():
+                metrics = self._score(images, refs, sets, seed)
+            count, share = changed_parameters(model, original)
+            metrics["efficiency.params_changed"] = {"value": float(count), "ci95": [float(count)] * 2, "n": 1}
+            metrics["efficiency.params_changed_share"] = {"value": round(share, 8), "ci95": [round(share, 8)] * 2, "n": 1}
+            unknown = set(metrics) - set(self.rule.metrics)
+            assert not unknown, f"metrics outside the task table: {unknown}"
+            methods[name] = {"aspects": _by_aspect(metrics)}
+            hashes[name] = model.hashes()
+            progress.update(1)
+            progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
+        progress.close()
+        return EvaluationOutput(methods, hashes)
+
+
+def _by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
+    aspects: dict[str, dict] = {}
+    for key in sorted(metrics):
+        aspect, name = key.split(".", 1)
+        aspects.setdefault(aspect, {})[name] = metrics[key]
+    return aspects
+

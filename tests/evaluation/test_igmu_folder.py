@@ -1,0 +1,73 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.evaluation.igmu_folder import IGMUFolder
+from igmu_lightning.evaluation.judges import SavedDetector
+from igmu_lightning.world.concepts import Scene
+from igmu_lightning.world.render import render
+from tests.conftest import ROOT
+
+SHAPE = str(ROOT / "checkpoints/world/detectors/shape")
+
+
+def draw(path, shape, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render(Scene(shape, "red", "plain"), 32, np.random.default_rng(seed))).save(path)
+
+
+@pytest.fixture
+def igmu_layout(tmp_path):
+    """ORG draws triangles for the forget prompts, ESD draws squares; both keep the circles."""
+    root = tmp_path / "images"
+    for j in range(6):
+        draw(root / "Triangle/forgot/ORG/triangle" / f"0_{j}_0.png", "triangle", j)
+        draw(root / "Triangle/forgot/ESD/triangle" / f"0_{j}_0.png", "square", j)
+        draw(root / "Triangle/unrelated/ORG/circle" / f"0_{j}_0.png", "circle", 100 + j)
+        draw(root / "Triangle/unrelated/ESD/circle" / f"0_{j}_0.png", "circle" if j else "cross", 100 + j)
+    prompts = tmp_path / "forgot.json"
+    prompts.write_text(json.dumps({"object_triangle": {"triangle": [f"a red triangle {j}" for j in range(6)]}}))
+    return root, prompts
+
+
+def evaluation(root, prompts, **kw):
+    args = dict(root=str(root), concept="Triangle", prompts=str(prompts), task="object_triangle",
+                judge=SavedDetector(SHAPE), target="triangle", fid_features=SHAPE, distance_features=SHAPE)  # fmt: skip
+    return IGMUFolder(**{**args, **kw})
+
+
+def test_every_method_folder_is_scored(igmu_layout):
+    output = evaluation(*igmu_layout).run(seed=0)
+    assert set(output.methods) == {"ESD", "ORG"}
+    org, esd = output.methods["ORG"]["aspects"], output.methods["ESD"]["aspects"]
+    assert org["forgetting"]["target_rate"]["value"] == 1.0 and esd["forgetting"]["target_rate"]["value"] == 0.0
+    assert org["preservation"]["retain_accuracy"]["value"] == 1.0
+    assert esd["preservation"]["retain_accuracy"]["value"] == pytest.approx(5 / 6, abs=1e-6)
+    assert esd["preservation"]["feature_distance_retain"]["n"] == 6 and "fid_retain" not in org["preservation"]
+    assert output.model_hashes["ESD"]["images"] != output.model_hashes["ORG"]["images"]
+
+
+def test_pairs_follow_names_not_listing_order(igmu_layout):
+    root, prompts = igmu_layout
+    # Same pictures under ESD as under ORG, but ESD's files were written in reverse order.
+    for j in reversed(range(6)):
+        draw(root / "Triangle/unrelated/ESD/circle" / f"0_{j}_0.png", "circle", 100 + j)
+    esd = evaluation(root, prompts).run(seed=0).methods["ESD"]["aspects"]["preservation"]
+    assert esd["feature_distance_retain"]["value"] == 0.0
+
+
+def test_bad_layouts_name_the_culprit(igmu_layout, tmp_path):
+    root, prompts = igmu_layout
+    draw(root / "Triangle/forgot/ESD/triangle" / "0_9_0.png", "square", 1)
+    with pytest.raises(IGMUError, match="names prompt 9 of class 0"):
+        evaluation(root, prompts).run(seed=0)
+    with pytest.raises(IGMUError, match="has no task 'nudity'"):
+        evaluation(root, prompts, task="nudity").run(seed=0)
+    with pytest.raises(IGMUError, match="forgot' does not exist"):
+        evaluation(root, prompts, concept="Church").run(seed=0)
+    with pytest.raises(IGMUError, match="target 'church' is not a class"):
+        evaluation(root, prompts, target="church").run(seed=0)

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from igmu_lightning.backbone import TinySD
+from igmu_lightning.evaluation.tasks import TASKS, task_rule
+from igmu_lightning.evaluation.world_eval import WorldEvaluation, flatten_sets
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.sampling import SamplerSettings
+from tests.conftest import ROOT, run_script
+
+DETECTORS = str(ROOT / "checkpoints/world/detectors")
+
+
+def test_task_table_decides_sets_and_metrics():
+    assert "preservation.subject_kept" not in task_rule("object").metrics
+    assert "preservation.subject_kept" in task_rule("attribute").metrics and task_rule("style").subject == "shape"
+    assert "remove_word" in task_rule("nudity").reference_sets and "remove_word" not in task_rule("object").reference_sets
+    for rule in TASKS.values():
+        assert {"forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.target_rate"} <= set(rule.metrics)
+    with pytest.raises(IGMUError, match="unknown task category 'objekt'"):
+        task_rule("objekt")
+
+
+def test_remove_word_prompts_share_seeds_with_their_forget_prompts():
+    sets = flatten_sets("attribute", 2, seed=0)
+    assert sets["remove_word"].seeds == sets["forget"].seeds
+    assert len(set(sets["forget"].seeds) & set(sets["unrelated"].seeds)) == 0
+
+
+def test_world_evaluation_scores_every_aspect(tmp_path):
+    evaluation = WorldEvaluation(
+        target="style",
+        original=TinySD(seed=0, image_size=32),
+        methods={"other": TinySD(seed=1, image_size=32)},
+        detectors=DETECTORS,
+        prompts_per_class=2,
+        sampler=SamplerSettings(steps=2),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    output = evaluation.run(seed=0)
+    original, other = output.methods["original"]["aspects"], output.methods["other"]["aspects"]
+    assert set(original) == {"forgetting", "preservation", "quality", "alignment", "robustness", "efficiency"}
+    assert original["efficiency"]["params_changed"]["value"] == 0
+    assert original["preservation"]["fid_retain"]["value"] == 0  # the original against itself
+    assert original["preservation"]["feature_distance_retain"]["value"] == 0
+    assert other["efficiency"]["params_changed_share"]["value"] > 0.99
+    assert other["preservation"]["feature_distance_retain"]["value"] > 0
+    assert original["forgetting"]["target_rate"]["n"] == 2 * 5  # two prompts for each of five subjects
+    assert list((tmp_path / "cache").rglob("*.png"))  # the original's images are cached
+
+
+def test_shipped_base_model_draws_the_object_target():
+    """The base model before any unlearning: the object target is present (IGMU's starting point)."""
+    output = WorldEvaluation(target="object", detectors=DETECTORS, prompts_per_class=16, cache_dir=None).run(seed=0)
+    forgetting = output.methods["original"]["aspects"]["forgetting"]["target_rate"]
+    assert forgetting["value"] >= 0.85 and forgetting["n"] == 16
+
+
+def test_evaluate_cli_gives_byte_identical_results(tmp_path):
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        result = run_script(
+            "evaluate.py", "--config", "configs/eval/world/attribute.yaml", "--results_path", str(path),
+            "--evaluation.init_args.prompts_per_class", "2", "--evaluation.init_args.sampler.steps", "3",
+            "--evaluation.init_args.cache_dir", str(tmp_path / "cache"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "forgetting.target_rate" in result.stdout  # the summary table
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    results = json.loads(paths[0].read_text())
+    assert results["methods"]["original"]["aspects"]["robustness"]["target_rate"]["n"] == 4
