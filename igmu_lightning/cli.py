@@ -70,6 +70,14 @@ class IGMUCLI(LightningCLI):
         )
 
 
+    def instantiate_trainer(self, **kwargs):
+        # The default progress bar for non-terminals must give way when a config turns bars off.
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("enable_progress_bar") is False:
+            self.trainer_defaults = {k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        return super().instantiate_trainer(**kwargs)
+
+
 def main(args=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     IGMUCLI(args=args)

@@ -3,5 +3,6 @@
 from igmu_lightning.backbone.backbone import Backbone
 from igmu_lightning.backbone.loader import SD14, BackboneSpec, Pretrained, load_backbone
 from igmu_lightning.backbone.tiny import TinySD
+from igmu_lightning.backbone.checkpoint import FromCheckpoint
 
-__all__ = ["SD14", "Backbone", "BackboneSpec", "Pretrained", "TinySD", "load_backbone"]
+__all__ = ["SD14", "Backbone", "BackboneSpec", "FromCheckpoint", "Pretrained", "TinySD", "load_backbone"]

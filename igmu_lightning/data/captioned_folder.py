@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,19 +59,21 @@ def read_metadata(root: Path) -> list[tuple[Path, str]]:
     return items
 
 
-class CaptionedImages(Dataset):
-    def __init__(self, items: list[tuple[Path, str]], size: int, hflip: bool = False) -> None:
-        self.items, self.size, self.hflip = items, size, hflip
+class ImageFiles(Dataset):
+    """``{"image": (3, S, S) in [0, 1], field: value}`` for a list of (path, value) pairs."""
+
+    def __init__(self, items: list[tuple[Path, Any]], size: int | None, field: str, hflip: bool = False) -> None:
+        self.items, self.size, self.field, self.hflip = items, size, field, hflip
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        path, caption = self.items[index]
+        path, value = self.items[index]
         image = load_image(path, self.size)
         if self.hflip and torch.rand(()) < 0.5:
             image = image.flip(-1)
-        return {"image": image, "prompt": caption}
+        return {"image": image, self.field: value}
 
 
 class CaptionedFolderData(LightningDataModule):
@@ -107,8 +110,8 @@ class CaptionedFolderData(LightningDataModule):
         items = read_metadata(self.root)
         n_val = int(round(len(items) * self.val_fraction))
         train, val = random_split(items, [len(items) - n_val, n_val], torch.Generator().manual_seed(self.seed))
-        self.train_set = CaptionedImages(list(train), self.image_size, self.hflip)
-        self.val_set = CaptionedImages(list(val), self.image_size) if n_val else None
+        self.train_set = ImageFiles(list(train), self.image_size, "prompt", self.hflip)
+        self.val_set = ImageFiles(list(val), self.image_size, "prompt") if n_val else None
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers, drop_last=False)

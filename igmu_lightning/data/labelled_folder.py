@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from igmu_lightning.data.captioned_folder import load_image
+from igmu_lightning.data.captioned_folder import ImageFiles
 from igmu_lightning.errors import IGMUError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -28,19 +28,9 @@ def list_labelled_images(split_dir: Path, class_names: list[str]) -> list[tuple[
     return items
 
 
-class LabelledImages(Dataset):
-    def __init__(self, items: list[tuple[Path, int]], size: int | None, hflip: bool = False) -> None:
-        self.items, self.size, self.hflip = items, size, hflip
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        path, label = self.items[index]
-        image = load_image(path, self.size)
-        if self.hflip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return {"image": image, "label": label}
+def LabelledImages(items: list[tuple[Path, int]], size: int | None, hflip: bool = False) -> ImageFiles:  # noqa: N802
+    """``{"image", "label"}`` items."""
+    return ImageFiles(items, size, "label", hflip)
 
 
 class LabelledFolderData(LightningDataModule):

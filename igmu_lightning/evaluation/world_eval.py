@@ -3,7 +3,9 @@ each unlearned model, with the world's detectors as judges and real renders as t
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +106,7 @@ class WorldEvaluation(Evaluation):
         self.detectors_dir, self.prompts_per_class = detectors, prompts_per_class
         self.settings, self.batch_size = sampler or SamplerSettings(), batch_size
         self.cache = ImageCache(cache_dir) if cache_dir else None
+        self.keep_samples = 8  # forget-prompt images kept per model for image grids
 
     # --- one model ----------------------------------------------------------------------------
     def _images(self, model: Backbone, fingerprint: str, batch: PromptBatch) -> torch.Tensor:
@@ -161,20 +164,27 @@ class WorldEvaluation(Evaluation):
 
     # --- the evaluation -----------------------------------------------------------------------
     def run(self, seed: int) -> EvaluationOutput:
+        original = self.original.build().eval()
+        built = ((name, spec.build().eval()) for name, spec in self.methods.items())  # one at a time
+        return self.compare(original, built, seed, total=len(self.methods))
+
+    def compare(self, original: Backbone, models: Iterable[tuple[str, Backbone]], seed: int, total: int | None = None) -> EvaluationOutput:
+        """Score the original model (as "original") and each (name, model) against it."""
         self.detectors = load_world_detectors(self.detectors_dir, list(FAMILIES))
         sets = flatten_sets(self.target.name, self.prompts_per_class, seed)
-        original = self.original.build().eval()
         self._image_size = original.image_size
         original_id = model_fingerprint(original)
-        progress = tqdm(total=len(self.methods) + 1, desc=f"evaluating ({self.target.name})", unit="model")
+        progress = tqdm(total=None if total is None else total + 1, desc=f"evaluating ({self.target.name})", unit="model")
         refs = {name: self._images(original, original_id, sets[name]) for name in self.rule.reference_sets}
         methods, hashes = {}, {}
-        for name, spec in [(ORIGINAL, None), *self.methods.items()]:
+        self.samples: dict[str, torch.Tensor] = {}
+        for name, model in itertools.chain([(ORIGINAL, original)], models):
+            if name == ORIGINAL and model is not original:
+                raise IGMUError(f"'{ORIGINAL}' is the name of the original model: rename that method")
             start = time.perf_counter()
-            model = original if spec is None else spec.build().eval()
             if model.image_size != original.image_size:
                 raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
-            fingerprint = original_id if spec is None else model_fingerprint(model)
+            fingerprint = original_id if model is original else model_fingerprint(model)
             images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
             with torch.inference_mode():
                 metrics = self._score(images, refs, sets, seed)
@@ -184,6 +194,7 @@ class WorldEvaluation(Evaluation):
             unknown = set(metrics) - set(self.rule.metrics)
             assert not unknown, f"metrics outside the task table: {unknown}"
             methods[name] = {"aspects": _by_aspect(metrics)}
+            self.samples[name] = images["forget"][: self.keep_samples]  # same seeds for every model: a grid
             hashes[name] = model.hashes()
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")

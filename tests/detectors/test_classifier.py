@@ -23,16 +23,16 @@ def test_training_step_lowers_the_loss(world_folder):
     batch = next(iter(data.train_dataloader()))
     torch.manual_seed(0)
     model = ImageClassifier(CLASSES, TimmFeatures("test_resnet", input_size=64), lr=3e-3)
-    def loss(train: bool = False) -> torch.Tensor:
-        model.train(train)
+    def loss() -> torch.Tensor:  # train mode: batch-norm uses the batch's statistics both times
         return torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
 
+    model.train()
     with torch.no_grad():
         before = loss().item()
     optimizer = model.configure_optimizers()
     for _ in range(15):
         optimizer.zero_grad()
-        loss(train=True).backward()
+        loss().backward()
         optimizer.step()
     with torch.no_grad():
         assert loss().item() < 0.5 * before
@@ -83,3 +83,24 @@ def test_nudenet_wrapper_thresholds_the_chosen_classes(monkeypatch):
 def test_nudenet_runs_offline_on_real_pixels():
     detector = NudeNetDetector()
     assert detector.predict(torch.rand(2, 3, 64, 64)).tolist() == [0, 0]  # noise shows no body parts
+
+
+def test_clip_vision_backbone_with_igmu_gated_head(tmp_path):
+    """IGMU's SD-scale detector: frozen CLIP image features -> gated head (a tiny random CLIP here)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from igmu_lightning.detectors import ClipVisionFeatures
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, projection_dim=512)  # fmt: skip
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "clip")
+    model = ImageClassifier(["safe", "nude"], ClipVisionFeatures(str(tmp_path / "clip")), head="gated", freeze_backbone=True)
+    assert isinstance(model.head, GatedHead) and model.features.num_features == 512
+    assert not any(p.requires_grad for p in model.features.parameters())
+    images, labels = torch.rand(4, 3, 48, 48), torch.tensor([0, 1, 0, 1])
+    loss = model.training_step({"image": images, "label": labels}, 0)
+    loss.backward()
+    assert model.head.gate[0].weight.grad is not None
+    save_detector(model, tmp_path / "det")
+    assert torch.allclose(load_detector(tmp_path / "det").predict_proba(images), model.eval().predict_proba(images), atol=1e-6)

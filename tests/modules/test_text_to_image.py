@@ -1,3 +1,4 @@
+import pytest
 import torch
 from lightning.pytorch import Trainer
 
@@ -55,3 +56,21 @@ def test_load_from_checkpoint_rebuilds_backbone_and_trained_weights(tiny_spec, c
     loaded = TextToImage.load_from_checkpoint(trainer.checkpoint_callback.best_model_path, weights_only=True)
     assert loaded.backbone.hashes() == module.backbone.hashes()
     assert loaded.backbone.hashes()["unet"] != tiny_spec.build().hashes()["unet"]
+
+
+def test_a_run_checkpoint_is_a_backbone_for_evaluation(tiny_spec, captioned_folder, tmp_path):
+    from igmu_lightning.backbone import FromCheckpoint, TinySD
+    from igmu_lightning.errors import IGMUError
+
+    module = TextToImage(tiny_spec, trainable=["xattn"], lr=1e-2)
+    trainer = Trainer(max_steps=2, logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(module, CaptionedFolderData(str(captioned_folder), image_size=16, batch_size=4))
+    ckpt = trainer.checkpoint_callback.best_model_path
+    assert FromCheckpoint(ckpt).build().hashes() == module.backbone.hashes()
+    with pytest.raises(IGMUError, match="trained from another base model"):
+        FromCheckpoint(ckpt, base=TinySD(seed=5)).build()
+    with pytest.raises(IGMUError, match="does not exist"):
+        FromCheckpoint(str(tmp_path / "none.ckpt")).build()
+    (tmp_path / "bad.ckpt").write_bytes(b"garbage")
+    with pytest.raises(IGMUError, match="cannot be read safely"):
+        FromCheckpoint(str(tmp_path / "bad.ckpt")).build()

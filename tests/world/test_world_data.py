@@ -26,7 +26,7 @@ def test_data_module_batches_and_labels():
     assert batch["image"].shape == (16, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert torch.equal(batch["label"], batch["shape"]) and data.num_classes == 5
     for prompt, shape in zip(batch["prompt"], batch["shape"].tolist()):
-        words = prompt.split()
+        words = prompt.replace(",", "").split()
         assert FAMILIES["shape"][shape] in words or any(s in words for s in SYNONYMS["triangle"])
 
 

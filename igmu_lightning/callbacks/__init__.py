@@ -1,0 +1,5 @@
+"""Lightning callbacks: EvalIGMU during validation and test of unlearning modules."""
+
+from igmu_lightning.callbacks.evaluation import WorldEvalCallback
+
+__all__ = ["WorldEvalCallback"]

@@ -1,0 +1,117 @@
+"""Generate IGMU's image layout with our batched sampler, then score it like a folder made
+elsewhere: the SD-scale path of ``evaluate.py`` for diffusers folders and run checkpoints.
+
+    <out>/<Concept>/forgot/<METHOD>/<Class>/i_j_k.png        every model, forget prompts
+    <out>/<Concept>/remove_word/ORG/<Class>/i_j_k.png         the original, stripped prompts
+    <out>/<Concept>/unrelated/<METHOD>/<Class>/i_j_k.png      every model, unrelated prompts
+
+Seeds depend only on (i, j, k), so every model draws each prompt from the same noise, and an
+image already on disk is not generated again (an interrupted run resumes where it stopped)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.igmu_folder import IGMUFolder
+from igmu_lightning.evaluation.judges import JudgeSpec
+from igmu_lightning.sampling import Sampler, SamplerSettings, to_uint8
+from igmu_lightning.utils.io import atomic_write_bytes
+
+
+def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise IGMUError(f"prompt file '{path}' does not exist")
+    try:
+        tasks = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise IGMUError(f"prompt file '{path}' is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if task not in tasks:
+        raise IGMUError(f"prompt file '{path}' has no task '{task}' (it has {', '.join(tasks)})")
+    classes = tasks[task]
+    if not classes or not any(classes.values()):
+        raise IGMUError(f"task '{task}' in '{path}' has no prompts")
+    return {str(c): list(p) for c, p in classes.items()}
+
+
+class GenerateAndScore(Evaluation):
+    """Args:
+    methods: name -> model to evaluate; ``original`` is written as ``reference`` (ORG).
+    original: the model before unlearning.
+    out: where the IGMU layout is written (kept: it is the evaluation's image record).
+    concept, task: folder name and prompt-file key (``Nudity`` / ``nudity``).
+    forget_prompts: ``forgot.json``; retain_prompts: ``retain.json`` (stripped prompts for nudity
+        and style, unrelated classes for objects); ``retain_role`` says which.
+    judge, target, fid_features, distance_features: as ``IGMUFolder``.
+    samples_per_prompt: k in i_j_k.
+    """
+
+    def __init__(
+        self,
+        methods: dict[str, BackboneSpec],
+        original: BackboneSpec,
+        out: str,
+        concept: str,
+        task: str,
+        forget_prompts: str,
+        retain_prompts: str,
+        judge: JudgeSpec,
+        target: str,
+        retain_role: str = "remove_word",
+        reference: str = "ORG",
+        samples_per_prompt: int = 1,
+        sampler: SamplerSettings | None = None,
+        batch_size: int = 8,
+        fid_features: str = "inception",
+        distance_features: str | None = None,
+    ) -> None:
+        if retain_role not in ("remove_word", "unrelated"):
+            raise IGMUError(f"retain_role must be remove_word or unrelated, got '{retain_role}'")
+        if reference in methods:
+            raise IGMUError(f"'{reference}' names the original model: rename that method")
+        self.methods, self.original, self.out = dict(methods), original, Path(out)
+        self.concept, self.task, self.retain_role, self.reference = concept, task, retain_role, reference
+        self.forget_file, self.retain_file = forget_prompts, retain_prompts
+        self.samples, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
+        self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features)
+
+    def _write(self, sampler: Sampler, folder: Path, classes: dict[str, list[str]], seed: int) -> None:
+        jobs = [
+            (folder / cls / f"{i}_{j}_{k}.png", prompt, seed * 1_000_003 + i * 100_000 + j * 100 + k)
+            for i, (cls, prompts) in enumerate(classes.items())
+            for j, prompt in enumerate(prompts)
+            for k in range(self.samples)
+        ]
+        todo = [job for job in jobs if not job[0].is_file()]
+        for start in tqdm(range(0, len(todo), self.batch_size), desc=f"generating {folder.parent.name}/{folder.name}", unit="batch"):
+            chunk = todo[start : start + self.batch_size]
+            images = sampler.generate([p for _, p, _ in chunk], [s for _, _, s in chunk]).images
+            for (path, _, _), image in zip(chunk, images):
+                buffer = io.BytesIO()
+                Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+                atomic_write_bytes(path, buffer.getvalue())
+
+    def run(self, seed: int) -> EvaluationOutput:
+        forget = read_prompt_file(self.forget_file, self.task)
+        retain = read_prompt_file(self.retain_file, self.task)
+        root = self.out / self.concept
+        hashes = {}
+        for name, spec in [(self.reference, self.original), *self.methods.items()]:
+            model = spec.build().eval()
+            hashes[name] = model.hashes()
+            sampler = Sampler(model, self.settings, batch_size=self.batch_size)
+            self._write(sampler, root / "forgot" / name, forget, seed)
+            if self.retain_role == "unrelated":
+                self._write(sampler, root / "unrelated" / name, retain, seed)
+            elif name == self.reference:
+                self._write(sampler, root / "remove_word" / name, retain, seed)
+        scored = IGMUFolder(str(self.out), self.concept, self.forget_file, self.task, reference=self.reference, **self.scorer).run(seed)
+        return EvaluationOutput(scored.methods, hashes)
