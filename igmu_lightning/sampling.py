@@ -83,14 +83,22 @@ class Sampler:
         settings: steps, guidance scale, scheduler, eta, resolution, negative prompt.
         batch_size: images per UNet call (the call itself holds 2x that for CFG).
         progress: show a progress bar over batches.
+        unet: what predicts the noise, ``unet(latents, t, encoder_hidden_states=...)`` returning
+            ``.sample`` (default: the backbone's UNet; unlearning modules pass their frozen teacher).
     """
 
     def __init__(
-        self, backbone: Backbone, settings: SamplerSettings | None = None, batch_size: int = 16, progress: bool = False
+        self,
+        backbone: Backbone,
+        settings: SamplerSettings | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+        unet=None,
     ) -> None:
         if batch_size < 1:
             raise IGMUError(f"sampler batch_size must be >= 1, got {batch_size}")
         self.backbone = backbone
+        self.unet = unet or backbone.unet
         self.settings = settings or SamplerSettings()
         self.batch_size = batch_size
         self.progress = progress
@@ -124,8 +132,8 @@ class Sampler:
         """eps_u + g (eps_c - eps_u), with both halves in one UNet call (Ho & Salimans' CFG)."""
         scale = self.settings.guidance_scale
         if scale == 1.0:
-            return self.backbone.unet(latents, t, encoder_hidden_states=cond).sample
-        both = self.backbone.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond]))
+            return self.unet(latents, t, encoder_hidden_states=cond).sample
+        both = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond]))
         eps_uncond, eps_cond = both.sample.chunk(2)
         return eps_uncond + scale * (eps_cond - eps_uncond)
 

@@ -22,6 +22,7 @@ KINDS = {
     "finetune": "experiment",
     "world": "experiment",
     "detectors": "detector",
+    "unlearn": "experiment",
 }
 
 

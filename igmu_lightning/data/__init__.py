@@ -2,5 +2,6 @@
 
 from igmu_lightning.data.captioned_folder import CaptionedFolderData, load_image
 from igmu_lightning.data.labelled_folder import LabelledFolderData
+from igmu_lightning.data.prompts import PromptData
 
-__all__ = ["CaptionedFolderData", "LabelledFolderData", "load_image"]
+__all__ = ["CaptionedFolderData", "LabelledFolderData", "PromptData", "load_image"]

@@ -1,0 +1,49 @@
+"""The base of every unlearning algorithm: the shared backbone, the trainable subset, a frozen
+teacher that costs no second UNet, and teacher-guided sampling.
+
+The frozen teacher: before training, the module keeps a copy of the *trained* tensors only
+(``self.originals``). The teacher is the same UNet called through ``torch.func.functional_call``
+with those originals swapped in, so its other weights, frozen and shared, are never copied. When
+only cross-attention is trained (ESD-x) the teacher costs ~5% of a UNet instead of 100%."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch.func import functional_call
+
+from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.modules.base import BackboneModule
+from igmu_lightning.sampling import Sampler, SamplerSettings
+
+
+class UnlearningModule(BackboneModule):
+    """Args:
+    backbone: the model to unlearn from.
+    trainable: preset names or regexes (``xattn``, ``noxattn``, ``unet``, ``text_encoder``...).
+    lr: learning rate of the algorithm's optimizer.
+    export_dir: the unlearned model is saved there (diffusers folder) at the end of fit.
+    """
+
+    def __init__(self, backbone: BackboneSpec, trainable: list[str], lr: float, export_dir: str | None = None) -> None:
+        super().__init__(backbone, trainable, export_dir)
+        self.lr = lr
+        unet_params = dict(self.backbone.unet.named_parameters())
+        # Only UNet tensors the algorithm trains are kept: the rest of the teacher is the live UNet.
+        self.originals = {n: p.detach().clone() for n, p in unet_params.items() if p.requires_grad}
+
+    def on_fit_start(self) -> None:
+        self.originals = {n: t.to(self.device) for n, t in self.originals.items()}
+
+    @torch.no_grad()
+    def teacher(self, latents: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        """The UNet as it was before unlearning (returns an object with ``.sample``, like the UNet)."""
+        out = functional_call(self.backbone.unet, self.originals, (latents, t), {"encoder_hidden_states": encoder_hidden_states}, strict=False)
+        return SimpleNamespace(sample=out.sample)
+
+    def teacher_sampler(self, settings: SamplerSettings) -> Sampler:
+        return Sampler(self.backbone, settings, unet=self.teacher)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
