@@ -38,6 +38,23 @@ def list_images(folder: Path) -> dict[str, Path]:
     }
 
 
+def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
+    """``{class: [prompt]}`` of one task of an IGMU prompt file, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise IGMUError(f"prompt file '{path}' does not exist")
+    try:
+        tasks = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise IGMUError(f"prompt file '{path}' is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if task not in tasks:
+        raise IGMUError(f"prompt file '{path}' has no task '{task}' (it has {', '.join(tasks)})")
+    classes = tasks[task]
+    if not classes or not any(classes.values()):
+        raise IGMUError(f"task '{task}' in '{path}' has no prompts")
+    return {str(c): list(p) for c, p in classes.items()}
+
+
 def check_names(files: dict[str, Path], prompts: list[list[str]]) -> None:
     """Each file must be i_j_k with class i and prompt j present in the prompt file."""
     for key, path in files.items():
@@ -91,15 +108,7 @@ class IGMUFolder(Evaluation):
         self.batch_size = batch_size
 
     def _prompts(self) -> list[list[str]]:
-        if not self.prompts_file.is_file():
-            raise IGMUError(f"prompt file '{self.prompts_file}' does not exist")
-        try:
-            tasks = json.loads(self.prompts_file.read_text())
-        except json.JSONDecodeError as err:
-            raise IGMUError(f"prompt file '{self.prompts_file}' is not valid JSON ({err.msg}, line {err.lineno})") from None
-        if self.task not in tasks:
-            raise IGMUError(f"prompt file '{self.prompts_file}' has no task '{self.task}' (it has {', '.join(tasks)})")
-        return [list(v) for v in tasks[self.task].values()]
+        return list(read_prompt_file(self.prompts_file, self.task).values())
 
     def _load(self, files: list[Path]) -> torch.Tensor:
         return torch.stack([load_image(p) for p in files])

@@ -11,7 +11,6 @@ image already on disk is not generated again (an interrupted run resumes where i
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from PIL import Image
@@ -20,26 +19,10 @@ from tqdm.auto import tqdm
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
-from igmu_lightning.evaluation.igmu_folder import IGMUFolder
+from igmu_lightning.evaluation.igmu_folder import IGMUFolder, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
 from igmu_lightning.sampling import Sampler, SamplerSettings, to_uint8
 from igmu_lightning.utils.io import atomic_write_bytes
-
-
-def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise IGMUError(f"prompt file '{path}' does not exist")
-    try:
-        tasks = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise IGMUError(f"prompt file '{path}' is not valid JSON ({err.msg}, line {err.lineno})") from None
-    if task not in tasks:
-        raise IGMUError(f"prompt file '{path}' has no task '{task}' (it has {', '.join(tasks)})")
-    classes = tasks[task]
-    if not classes or not any(classes.values()):
-        raise IGMUError(f"task '{task}' in '{path}' has no prompts")
-    return {str(c): list(p) for c, p in classes.items()}
 
 
 class GenerateAndScore(Evaluation):

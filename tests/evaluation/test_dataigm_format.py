@@ -3,7 +3,7 @@ through our loader, and our concept stripping reproducing IGMU's remove_word pro
 
 import pytest
 
-from igmu_lightning.evaluation.igmu_generate import read_prompt_file
+from igmu_lightning.evaluation.igmu_folder import read_prompt_file
 from igmu_lightning.utils.text import strip_concept
 from tests.conftest import ROOT
 
