@@ -34,6 +34,7 @@ class UnlearningModule(BackboneModule):
         self.originals = {n: p.detach().clone() for n, p in unet_params.items() if p.requires_grad}
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self.originals = {n: t.to(self.device) for n, t in self.originals.items()}
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.judges import JudgeSpec, feature_extractor
 from igmu_lightning.evaluation.world_eval import _by_aspect
 from igmu_lightning.metrics import ClassRate, SampleRate
+from igmu_lightning.metrics.clip_score import CSDR, ClipScorer
 from igmu_lightning.metrics.fid import FID
 from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps, match_pairs
 
@@ -87,6 +88,9 @@ class IGMUFolder(Evaluation):
     reference: the original model's method folder.
     fid_features: ``inception`` or a detector folder whose backbone gives the FID features.
     distance_features: a timm detector folder for the paired feature distance (None: skipped).
+    clip: a CLIP model (hub id or folder) for CSDR (None: skipped).
+    stripped_prompts: IGMU's ``retain.json`` holding, index for index, the forget prompts with the
+        concept words removed (nudity, style); CSDR scores both models' images against them.
     """
 
     def __init__(
@@ -100,8 +104,13 @@ class IGMUFolder(Evaluation):
         reference: str = "ORG",
         fid_features: str = "inception",
         distance_features: str | None = None,
+        clip: str | None = None,
+        stripped_prompts: str | None = None,
         batch_size: int = 64,
     ) -> None:
+        if clip and not stripped_prompts:
+            raise IGMUError("CSDR needs stripped_prompts (IGMU's retain.json for nudity and style tasks)")
+        self.clip, self.stripped_file = clip, stripped_prompts
         self.folder = Path(root) / concept
         self.prompts_file, self.task, self.judge_spec, self.target = Path(prompts), task, judge, target
         self.reference, self.fid_features, self.distance_features = reference, fid_features, distance_features
@@ -131,6 +140,8 @@ class IGMUFolder(Evaluation):
         target = judge.class_names.index(self.target)
         fid_net = feature_extractor(self.fid_features)
         distance_net = TimmFeatureMaps(feature_extractor(self.distance_features)) if self.distance_features else None
+        scorer = ClipScorer(self.clip) if self.clip else None
+        stripped = list(read_prompt_file(self.stripped_file, self.task).values()) if self.clip else []
         removed = list_images(self.folder / "remove_word" / self.reference)
         unrelated_ref = list_images(self.folder / "unrelated" / self.reference)
         results, hashes = {}, {}
@@ -161,9 +172,29 @@ class IGMUFolder(Evaluation):
                     distance = FeatureDistance(distance_net)
                     distance.update(ours, refs)
                     metrics[f"preservation.feature_distance_{suffix}"] = distance.summary(seed)
+            if scorer is not None and method != self.reference:
+                metrics["alignment.csdr"] = self._csdr(scorer, stripped, forgot, method, seed)
             results[method] = {"aspects": _by_aspect(metrics)}
             hashes[method] = {"images": files_hash(self.folder, method)}
         return EvaluationOutput(results, hashes)
+
+    def _csdr(self, scorer: ClipScorer, stripped: list[list[str]], forgot: Path, method: str, seed: int) -> dict:
+        """CSDR over image pairs (ORG and this method, same i_j_k), each scored against its
+        stripped prompt: |CS(org) - CS(method)| / CS(org) * 100, averaged per image."""
+        ours, theirs = list_images(forgot / method), list_images(forgot / self.reference)
+        keys = sorted(ours)
+        missing = sorted(set(keys) - set(theirs))
+        if missing:
+            raise IGMUError(f"{len(missing)} images of {method} have no {self.reference} image of the same name, e.g. '{missing[0]}'")
+        metric = CSDR(scorer)
+        for start in range(0, len(keys), self.batch_size):
+            chunk = keys[start : start + self.batch_size]
+            prompts = []
+            for key in chunk:
+                i, j, _ = (int(x) for x in NAME.match(Path(key).name).groups())
+                prompts.append(stripped[i][j])
+            metric.update(self._load([theirs[k] for k in chunk]), self._load([ours[k] for k in chunk]), prompts)
+        return metric.summary(seed)
 
     def _retained(self, judge, target: int, files: dict[str, Path]) -> torch.Tensor:
         """Per unrelated image: its class folder's label when the judge knows that class, else

@@ -35,10 +35,17 @@ _COMMON = (
     "robustness.target_rate",
     "efficiency.params_changed",
     "efficiency.params_changed_share",
+    "efficiency.wall_time_s",
+    "efficiency.peak_memory_mb",
 )
 # Attribute-of-a-subject (nudity) and style erasures must keep the rest of the prompt: the subject
 # is still drawn, and the original's images of the stripped prompts are the reference.
-_KEEP_REST = ("preservation.subject_kept", "preservation.fid_remove_word", "preservation.feature_distance_remove_word")
+_KEEP_REST = (
+    "preservation.subject_kept",
+    "preservation.fid_remove_word",
+    "preservation.feature_distance_remove_word",
+    "alignment.csdr",  # SD scale, with a CLIP model: per-image CLIP-score difference rate
+)
 
 TASKS: dict[str, TaskRule] = {
     "object": TaskRule(("forget", "unrelated", "near", "synonym"), ("unrelated",), _COMMON),

@@ -4,9 +4,11 @@ each unlearned model, with the world's detectors as judges and real renders as t
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_w
 from igmu_lightning.metrics import ClassRate, LabelAccuracy, SampleRate
 from igmu_lightning.metrics.fid import FID
 from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps
+from igmu_lightning.modules.base import RUN_RECORD
 from igmu_lightning.sampling import Sampler, SamplerSettings
 from igmu_lightning.world.concepts import FAMILIES, TARGETS
 from igmu_lightning.world.prompts import PROMPT_SETS, PromptItem, prompt_sets
@@ -189,8 +192,9 @@ class WorldEvaluation(Evaluation):
             with torch.inference_mode():
                 metrics = self._score(images, refs, sets, seed)
             count, share = changed_parameters(model, original)
-            metrics["efficiency.params_changed"] = {"value": float(count), "ci95": [float(count)] * 2, "n": 1}
-            metrics["efficiency.params_changed_share"] = {"value": round(share, 8), "ci95": [round(share, 8)] * 2, "n": 1}
+            metrics["efficiency.params_changed"] = exact(count)
+            metrics["efficiency.params_changed_share"] = exact(round(share, 8))
+            metrics.update(training_cost(model))
             unknown = set(metrics) - set(self.rule.metrics)
             assert not unknown, f"metrics outside the task table: {unknown}"
             methods[name] = {"aspects": _by_aspect(metrics)}
@@ -200,6 +204,20 @@ class WorldEvaluation(Evaluation):
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
         progress.close()
         return EvaluationOutput(methods, hashes)
+
+
+def exact(value: float) -> dict:
+    """A number measured once, not sampled: its interval is the value itself."""
+    return {"value": float(value), "ci95": [float(value)] * 2, "n": 1}
+
+
+def training_cost(model: Backbone) -> dict:
+    """Wall time and peak memory of the run that made ``model``, when its folder records them."""
+    record = Path(model.source) / RUN_RECORD if model.source else None
+    if record is None or not record.is_file():
+        return {}
+    data = json.loads(record.read_text())
+    return {"efficiency.wall_time_s": exact(data["wall_time_s"]), "efficiency.peak_memory_mb": exact(data["peak_memory_mb"])}
 
 
 def _by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:

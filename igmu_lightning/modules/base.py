@@ -3,6 +3,8 @@ trainable subset, checkpoints that hold only the trained tensors, and export to 
 
 from __future__ import annotations
 
+import resource
+import time
 from pathlib import Path
 
 import torch
@@ -10,7 +12,9 @@ from lightning.pytorch import LightningModule
 
 from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.modules.params import select_parameters
+from igmu_lightning.utils.io import atomic_write_json
 
+RUN_RECORD = "igmu_run.json"  # written beside an exported model: how long and how much memory it took
 
 class BackboneModule(LightningModule):
     """Holds ``self.backbone`` (frozen) and unfreezes the parameters named by ``trainable``.
@@ -60,7 +64,29 @@ class BackboneModule(LightningModule):
                 hparams[key] = value.to_config()
         checkpoint["igmu"] = {"base": self.backbone_spec.describe(), "base_hashes": self.base_hashes()}
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def efficiency_record(self) -> dict:
+        """Wall time and peak memory of this fit, and what was trained: EvalIGMU's efficiency."""
+        wall = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        if self.device.type == "cuda":
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        else:  # the whole process's peak resident memory (Linux reports KiB)
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+        return {
+            "wall_time_s": round(wall, 1),
+            "peak_memory_mb": round(peak, 1),
+            "peak_memory_kind": kind,
+            "trained_tensors": len(self.trainable_names),
+            "base": self.backbone_spec.describe(),
+            "base_hashes": self.base_hashes(),
+        }
+
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
             path = self.backbone.save_pretrained(Path(self.export_dir))
+            atomic_write_json(path / RUN_RECORD, self.efficiency_record())
             print(f"exported the trained model to {path}")

@@ -68,3 +68,15 @@ def test_bad_esd_arguments(tiny_spec):
         ESD(tiny_spec, concept="  ")
     with pytest.raises(IGMUError, match="prompt list is empty"):
         PromptData([])
+
+
+def test_exported_model_records_its_training_cost(tiny_spec, tmp_path):
+    from igmu_lightning.backbone import Pretrained
+    from igmu_lightning.evaluation.world_eval import training_cost
+
+    module = ESD(tiny_spec, concept="a cat", lr=1e-3, ddim_steps=2, export_dir=str(tmp_path / "out"))
+    Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
+        module, PromptData(["a cat"], steps_per_epoch=1)
+    )
+    cost = training_cost(Pretrained(str(tmp_path / "out")).build())
+    assert cost["efficiency.wall_time_s"]["value"] > 0 and cost["efficiency.peak_memory_mb"]["value"] > 100

@@ -71,3 +71,28 @@ def test_bad_layouts_name_the_culprit(igmu_layout, tmp_path):
         evaluation(root, prompts, concept="Church").run(seed=0)
     with pytest.raises(IGMUError, match="target 'church' is not a class"):
         evaluation(root, prompts, target="church").run(seed=0)
+
+
+def test_csdr_pairs_images_by_name_against_stripped_prompts(igmu_layout, tmp_path):
+    import torch
+
+    from igmu_lightning.metrics.clip_score import ClipScorer, csdr_per_image
+    from tests.metrics.test_metrics import build_tiny_clip
+
+    root, prompts = igmu_layout
+    stripped = tmp_path / "retain.json"
+    stripped.write_text(json.dumps({"object_triangle": {"triangle": [f"a red shape {j}" for j in range(6)]}}))
+    clip = build_tiny_clip(tmp_path / "clip")
+    output = evaluation(root, prompts, clip=str(clip), stripped_prompts=str(stripped)).run(seed=0)
+    csdr = output.methods["ESD"]["aspects"]["alignment"]["csdr"]
+    assert "alignment" not in output.methods["ORG"]["aspects"] and csdr["n"] == 6
+    from igmu_lightning.data import load_image
+
+    scorer = ClipScorer(str(clip))
+    texts = [f"a red shape {j}" for j in range(6)]
+    org = torch.stack([load_image(root / f"Triangle/forgot/ORG/triangle/0_{j}_0.png") for j in range(6)])
+    esd = torch.stack([load_image(root / f"Triangle/forgot/ESD/triangle/0_{j}_0.png") for j in range(6)])
+    expected = csdr_per_image(scorer(org, texts), scorer(esd, texts)).mean().item()
+    assert csdr["value"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(IGMUError, match="CSDR needs stripped_prompts"):
+        evaluation(root, prompts, clip=str(clip))

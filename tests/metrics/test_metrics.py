@@ -88,8 +88,7 @@ def test_strip_concept_strips_each_word_once_from_one_prompt():
     assert strip_concept("a nudes exhibition", ["nude"]) == "a nudes exhibition"  # whole words only
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
+def build_tiny_clip(path):
     """A random CLIP model with SD's tokenizer, saved as a hub model folder would be."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -103,14 +102,18 @@ def tiny_clip(tmp_path_factory):
                        "num_hidden_layers": 1, "num_attention_heads": 2},
         projection_dim=16,
     )  # fmt: skip
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     CLIPModel(config).save_pretrained(path)
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=clip_tokenizer(),
     )
     processor.save_pretrained(path)
-    return ClipScorer(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return ClipScorer(str(build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")))
 
 
 def test_clip_scores_are_per_image_not_a_batch_mean(tiny_clip):
