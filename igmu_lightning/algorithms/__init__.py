@@ -2,5 +2,6 @@
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.algorithms.esd import ESD
+from igmu_lightning.algorithms.uce import UCE
 
-__all__ = ["ESD", "UnlearningModule"]
+__all__ = ["ESD", "UCE", "UnlearningModule"]

@@ -1,0 +1,109 @@
+"""UCE, Unified Concept Editing (Gandikota et al., WACV 2024): a closed-form edit of every
+cross-attention key and value projection, no gradient steps.
+
+For each W0 in {attn2.to_k, attn2.to_v}:
+    W = (lam W0 + s_e sum_i (W0 g_i) c_i^T + s_p sum_j (W0 p_j) p_j^T) (lam I + s_e sum_i c_i c_i^T + s_p sum_j p_j p_j^T)^-1
+with c_i the erase texts' token embeddings, g_i the guide texts' at the same positions, p_j every
+token of the preserve texts ("" always among them: it protects the unconditional branch of CFG).
+Solved in float64 from the unedited weights. Through ``train.py fit`` it is a module whose one
+training step applies the edit."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from igmu_lightning.algorithms.base import UnlearningModule
+from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.errors import IGMUError
+
+
+class UCE(UnlearningModule):
+    """Args:
+    erase: texts whose tokens are edited (e.g. ["triangle"]).
+    guide: what each erase text should map to (one per erase text, or one for all; "" default).
+    preserve: texts whose every token keeps its keys and values.
+    lam: weight of staying at W0 (0.5 in both official codes).
+    erase_scale: s_e (1).
+    preserve_scale: s_p; None means the paper-era max(0.1, 1/|P|).
+    tokens: ``concept_and_after`` (paper-era code: the last word token and every token after it,
+        guide tokens aligned from its own last word) or ``concept`` (2024 code: the last word only).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        erase: list[str],
+        guide: list[str] | None = None,
+        preserve: list[str] | None = None,
+        lam: float = 0.5,
+        erase_scale: float = 1.0,
+        preserve_scale: float | None = None,
+        tokens: Literal["concept_and_after", "concept"] = "concept_and_after",
+        export_dir: str | None = None,
+    ) -> None:
+        guide = [""] if guide is None else list(guide)
+        if not erase:
+            raise IGMUError("UCE needs at least one erase text")
+        if len(guide) not in (1, len(erase)):
+            raise IGMUError(f"{len(erase)} erase texts but {len(guide)} guide texts: give one, or one per erase text")
+        super().__init__(backbone, ["xattn_kv"], lr=0.0, export_dir=export_dir)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.erase, self.guide = list(erase), guide * (len(erase) // len(guide))
+        self.preserve = list(dict.fromkeys([*(preserve or []), ""]))
+        self.lam, self.s_e = lam, erase_scale
+        self.s_p = preserve_scale if preserve_scale is not None else max(0.1, 1 / len(self.preserve))
+        self.tokens = tokens
+
+    @torch.no_grad()
+    def _embed(self, text: str) -> tuple[torch.Tensor, int]:
+        """All 77 token embeddings of ``text`` and the index of its last word token."""
+        ids = self.backbone.tokenizer(text, padding="max_length", max_length=self.backbone.tokenizer.model_max_length,
+                                      truncation=True, return_tensors="pt")  # fmt: skip
+        last_word = int(ids.attention_mask.sum()) - 2  # before <|endoftext|>; BOS (0) for ""
+        return self.backbone.text_encoder(ids.input_ids.to(self.device))[0][0].double(), last_word
+
+    def token_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(C, G, P): erase and guide token vectors aligned row by row, and preserve tokens."""
+        erase_rows, guide_rows = [], []
+        for text, target in zip(self.erase, self.guide):
+            (c, ci), (g, gi) = self._embed(text), self._embed(target)
+            if self.tokens == "concept":
+                c, g = c[ci : ci + 1], g[gi : gi + 1]
+            else:  # from each one's last word to the end, trimmed to the same length
+                c, g = c[ci:], g[gi:]
+                n = min(len(c), len(g))
+                c, g = c[:n], g[:n]
+            erase_rows.append(c)
+            guide_rows.append(g)
+        preserve = torch.cat([self._embed(text)[0] for text in self.preserve])
+        return torch.cat(erase_rows), torch.cat(guide_rows), preserve
+
+    def edited(self, w0: torch.Tensor, c: torch.Tensor, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The closed-form W for one projection (all float64)."""
+        w0 = w0.double()
+        a = self.lam * w0 + self.s_e * (w0 @ g.T) @ c + self.s_p * (w0 @ p.T) @ p
+        b = self.lam * torch.eye(w0.shape[1], dtype=torch.float64, device=w0.device) + self.s_e * c.T @ c + self.s_p * p.T @ p
+        return torch.linalg.solve(b, a.T).T  # a b^-1, with b symmetric
+
+    @torch.no_grad()
+    def apply_edit(self) -> int:
+        """Edit every attn2 to_k / to_v from its unedited weights; returns how many were edited."""
+        c, g, p = self.token_pairs()
+        count = 0
+        for name, param in self.backbone.unet.named_parameters():
+            if name in self.originals:
+                param.copy_(self.edited(self.originals[name].to(self.device), c, g, p).to(param.dtype))
+                count += 1
+        self.log("train/edited_matrices", float(count))
+        return count
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        # With no optimizer Lightning's global_step never advances: stop after the one edit.
+        self.apply_edit()
+        self.trainer.should_stop = True
+
+    def configure_optimizers(self):
+        return None  # closed form: nothing to optimise
