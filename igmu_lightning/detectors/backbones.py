@@ -44,10 +44,14 @@ class TimmFeatures(FeatureExtractor):
         self.name, self.input_size, self.pretrained = name, input_size, pretrained
         self.num_features = self.model.num_features
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Resized to ``input_size`` and normalised: what ``self.model`` takes."""
         if self.input_size and images.shape[-1] != self.input_size:
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.model((images - self.mean) / self.std)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.prepare(images))
 
     def config(self) -> dict:
         return {"kind": "timm", "name": self.name, "input_size": self.input_size}

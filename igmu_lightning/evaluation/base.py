@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.evaluation.results import exact
 
 
 @dataclass
@@ -35,5 +36,5 @@ class Inventory(Evaluation):
     def run(self, seed: int) -> EvaluationOutput:
         model = self.backbone.build()
         counts = {c: sum(p.numel() for p in getattr(model, c).parameters()) for c in ("unet", "text_encoder", "vae")}
-        efficiency = {f"params.{c}": {"value": float(n), "ci95": [float(n), float(n)], "n": 1} for c, n in counts.items()}
+        efficiency = {f"params.{c}": exact(n) for c, n in counts.items()}
         return EvaluationOutput({self.name: {"aspects": {"efficiency": efficiency}}}, {self.name: model.hashes()})

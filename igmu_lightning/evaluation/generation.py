@@ -10,11 +10,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from igmu_lightning.backbone import Backbone
+from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.sampling import Sampler, to_uint8
 from igmu_lightning.utils.io import atomic_write_bytes
 
@@ -40,15 +40,17 @@ class ImageCache:
 
     def load(self, folder: Path, prompt: str, seed: int) -> torch.Tensor | None:
         path = folder / f"{self.key(prompt, seed)}.png"
-        if not path.is_file():
-            return None
-        with Image.open(path) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+        return load_image(path) if path.is_file() else None
 
     def save(self, folder: Path, prompt: str, seed: int, image: torch.Tensor) -> None:
-        buffer = io.BytesIO()
-        Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        atomic_write_bytes(folder / f"{self.key(prompt, seed)}.png", buffer.getvalue())
+        save_png(folder / f"{self.key(prompt, seed)}.png", image)
+
+
+def save_png(path: Path, image: torch.Tensor) -> None:
+    """An image (3, H, W) in [0, 1] as an 8-bit PNG, written atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def generate_images(

@@ -21,7 +21,7 @@ from igmu_lightning.data.labelled_folder import IMAGE_SUFFIXES
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.judges import JudgeSpec, feature_extractor
-from igmu_lightning.evaluation.world_eval import _by_aspect
+from igmu_lightning.evaluation.results import by_aspect
 from igmu_lightning.metrics import ClassRate, SampleRate
 from igmu_lightning.metrics.clip_score import CSDR, ClipScorer
 from igmu_lightning.metrics.fid import FID
@@ -174,7 +174,7 @@ class IGMUFolder(Evaluation):
                     metrics[f"preservation.feature_distance_{suffix}"] = distance.summary(seed)
             if scorer is not None and method != self.reference:
                 metrics["alignment.csdr"] = self._csdr(scorer, stripped, forgot, method, seed)
-            results[method] = {"aspects": _by_aspect(metrics)}
+            results[method] = {"aspects": by_aspect(metrics)}
             hashes[method] = {"images": files_hash(self.folder, method)}
         return EvaluationOutput(results, hashes)
 

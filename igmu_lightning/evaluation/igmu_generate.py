@@ -10,19 +10,17 @@ image already on disk is not generated again (an interrupted run resumes where i
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.generation import save_png
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
-from igmu_lightning.sampling import Sampler, SamplerSettings, to_uint8
-from igmu_lightning.utils.io import atomic_write_bytes
+from igmu_lightning.sampling import Sampler, SamplerSettings
 
 
 class GenerateAndScore(Evaluation):
@@ -83,9 +81,7 @@ class GenerateAndScore(Evaluation):
             chunk = todo[start : start + self.batch_size]
             images = sampler.generate([p for _, p, _ in chunk], [s for _, _, s in chunk]).images
             for (path, _, _), image in zip(chunk, images):
-                buffer = io.BytesIO()
-                Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-                atomic_write_bytes(path, buffer.getvalue())
+                save_png(path, image)
 
     def run(self, seed: int) -> EvaluationOutput:
         forget = read_prompt_file(self.forget_file, self.task)

@@ -15,6 +15,20 @@ from igmu_lightning.utils.provenance import package_versions
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness", "efficiency")
 
 
+def exact(value: float) -> dict:
+    """A number measured once, not sampled: its interval is the value itself."""
+    return {"value": float(value), "ci95": [float(value)] * 2, "n": 1}
+
+
+def by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
+    """``{"aspect.metric": v}`` -> ``{aspect: {metric: v}}``, sorted, as the results JSON nests them."""
+    aspects: dict[str, dict] = {}
+    for key in sorted(metrics):
+        aspect, name = key.split(".", 1)
+        aspects.setdefault(aspect, {})[name] = metrics[key]
+    return aspects
+
+
 def results_document(config: dict, seed: int, model_hashes: dict, methods: dict) -> dict:
     """Assemble the document; it holds no timestamps or host names, so the same config and seed
     give the same bytes."""

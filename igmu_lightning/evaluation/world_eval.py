@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.results import by_aspect, exact
 from igmu_lightning.evaluation.generation import ImageCache, generate_images, model_fingerprint
 from igmu_lightning.evaluation.tasks import task_rule
 from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_world_detectors
@@ -197,18 +198,13 @@ class WorldEvaluation(Evaluation):
             metrics.update(training_cost(model))
             unknown = set(metrics) - set(self.rule.metrics)
             assert not unknown, f"metrics outside the task table: {unknown}"
-            methods[name] = {"aspects": _by_aspect(metrics)}
+            methods[name] = {"aspects": by_aspect(metrics)}
             self.samples[name] = images["forget"][: self.keep_samples]  # same seeds for every model: a grid
             hashes[name] = model.hashes()
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
         progress.close()
         return EvaluationOutput(methods, hashes)
-
-
-def exact(value: float) -> dict:
-    """A number measured once, not sampled: its interval is the value itself."""
-    return {"value": float(value), "ci95": [float(value)] * 2, "n": 1}
 
 
 def training_cost(model: Backbone) -> dict:
@@ -218,12 +214,3 @@ def training_cost(model: Backbone) -> dict:
         return {}
     data = json.loads(record.read_text())
     return {"efficiency.wall_time_s": exact(data["wall_time_s"]), "efficiency.peak_memory_mb": exact(data["peak_memory_mb"])}
-
-
-def _by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
-    aspects: dict[str, dict] = {}
-    for key in sorted(metrics):
-        aspect, name = key.split(".", 1)
-        aspects.setdefault(aspect, {})[name] = metrics[key]
-    return aspects
-

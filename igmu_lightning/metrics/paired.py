@@ -59,7 +59,4 @@ class TimmFeatureMaps(nn.Module):
         self.extractor = extractor  # a detectors.TimmFeatures
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        ex = self.extractor
-        if ex.input_size and images.shape[-1] != ex.input_size:
-            images = F.interpolate(images, size=(ex.input_size, ex.input_size), mode="bilinear", align_corners=False)
-        return ex.model.forward_intermediates((images - ex.mean) / ex.std, intermediates_only=True)
+        return self.extractor.model.forward_intermediates(self.extractor.prepare(images), intermediates_only=True)

@@ -72,8 +72,9 @@ def prompt_sets(target: Target | str, n_per_class: int = 16, seed: int = 0) -> d
     else:  # style / attribute: one class per subject (shape), as IGMU's nudity and style sets
         forget = {}
         for shape in SHAPES:
-            items = _items(target, target.word, n_per_class, rng)
-            forget[shape] = [PromptItem(replace(it.scene, shape=shape).caption(_template(it)), replace(it.scene, shape=shape)) for it in items]
+            scenes = [replace(it.scene, shape=shape) for it in _items(target, target.word, n_per_class, rng)]
+            # the same template cycle family_prompts uses, now with this subject
+            forget[shape] = [PromptItem(s.caption(MAIN_TEMPLATES[i % len(MAIN_TEMPLATES)]), s) for i, s in enumerate(scenes)]
     remove_word = {
         cls: [PromptItem(strip_word(it.prompt, target.word), replace(it.scene, **{target.family: target.anchor})) for it in items]
         for cls, items in forget.items()
@@ -88,14 +89,6 @@ def prompt_sets(target: Target | str, n_per_class: int = 16, seed: int = 0) -> d
             for syn in target.synonyms
         },
     }
-
-
-def _template(item: PromptItem) -> str:
-    """The main template an item was written with (recovered from its scene and prompt)."""
-    for template in MAIN_TEMPLATES:
-        if item.scene.caption(template) == item.prompt:
-            return template
-    raise ValueError(f"prompt '{item.prompt}' matches no main template")
 
 
 def strip_word(prompt: str, word: str) -> str:

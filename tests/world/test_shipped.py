@@ -1,7 +1,6 @@
 """The shipped world artefacts: the base model loads in diffusers and draws what it is asked, the
 detectors are right on fresh world images, and everything stays small."""
 
-from pathlib import Path
 
 import pytest
 import torch
