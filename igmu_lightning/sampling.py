@@ -99,6 +99,7 @@ class Sampler:
             raise IGMUError(f"sampler batch_size must be >= 1, got {batch_size}")
         self.backbone = backbone
         self.unet = unet or backbone.unet
+        self.guidance = getattr(backbone, "guidance", None)
         self.settings = settings or SamplerSettings()
         self.batch_size = batch_size
         self.progress = progress
@@ -129,7 +130,10 @@ class Sampler:
     def guided_noise(
         self, latents: torch.Tensor, t: torch.Tensor, step: int, cond: torch.Tensor, uncond: torch.Tensor
     ) -> torch.Tensor:
-        """eps_u + g (eps_c - eps_u), with both halves in one UNet call (Ho & Salimans' CFG)."""
+        """eps_u + g (eps_c - eps_u), with both halves in one UNet call (Ho & Salimans' CFG), or the
+        backbone's own sampling-time guidance when it carries one (SLD)."""
+        if self.guidance is not None:
+            return self.guidance.noise(self, latents, t, step, cond, uncond)
         scale = self.settings.guidance_scale
         if scale == 1.0:
             return self.unet(latents, t, encoder_hidden_states=cond).sample

@@ -2,6 +2,7 @@
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.algorithms.esd import ESD
+from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
 from igmu_lightning.algorithms.uce import UCE
 
-__all__ = ["ESD", "UCE", "UnlearningModule"]
+__all__ = ["ESD", "SLD", "SafeLatentDiffusion", "UCE", "UnlearningModule"]

@@ -43,6 +43,14 @@ class UnlearningModule(BackboneModule):
         out = functional_call(self.backbone.unet, self.originals, (latents, t), {"encoder_hidden_states": encoder_hidden_states}, strict=False)
         return SimpleNamespace(sample=out.sample)
 
+    def delta_tensors(self) -> dict[str, torch.Tensor]:
+        """Trained tensors that moved from their originals (a SalUn mask or a UCE edit may leave some)."""
+        return {
+            name: tensor
+            for name, tensor in super().delta_tensors().items()
+            if not (name.startswith("unet.") and torch.equal(tensor.detach(), self.originals[name[5:]].to(tensor.device)))
+        }
+
     def teacher_sampler(self, settings: SamplerSettings) -> Sampler:
         return Sampler(self.backbone, settings, unet=self.teacher)
 

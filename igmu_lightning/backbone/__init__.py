@@ -4,5 +4,6 @@ from igmu_lightning.backbone.backbone import Backbone
 from igmu_lightning.backbone.loader import SD14, BackboneSpec, Pretrained, load_backbone
 from igmu_lightning.backbone.tiny import TinySD
 from igmu_lightning.backbone.checkpoint import FromCheckpoint
+from igmu_lightning.backbone.delta import WithDelta
 
-__all__ = ["SD14", "Backbone", "BackboneSpec", "FromCheckpoint", "Pretrained", "TinySD", "load_backbone"]
+__all__ = ["SD14", "Backbone", "BackboneSpec", "FromCheckpoint", "Pretrained", "TinySD", "WithDelta", "load_backbone"]

@@ -3,6 +3,7 @@ encoder and tokenizer, VAE and noise scheduler, with helpers to encode prompts a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +18,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from igmu_lightning.utils.hashing import module_hash
 
 COMPONENTS = ("unet", "text_encoder", "vae")
+
+
+GUIDANCE_FILE = "igmu_guidance.json"
 
 
 class Backbone(nn.Module):
@@ -42,6 +46,8 @@ class Backbone(nn.Module):
         self.scheduler = scheduler
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         self.source = source
+        # Sampling-time guidance (e.g. SLD's SafetyGuidance): every sampler of this backbone uses it.
+        self.guidance = None
         self.requires_grad_(False)
         self.vae.eval()
 
@@ -113,6 +119,8 @@ class Backbone(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             self.pipeline().save_pretrained(tmp, safe_serialization=True)
+            if self.guidance is not None:  # diffusers ignores this file; our loader applies it
+                (tmp / GUIDANCE_FILE).write_text(json.dumps(self.guidance.to_config(), indent=2))
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from igmu_lightning.backbone.backbone import Backbone
+from igmu_lightning.backbone.backbone import COMPONENTS, Backbone
+from igmu_lightning.backbone.delta import apply_tensors
 from igmu_lightning.backbone.loader import BackboneSpec
 from igmu_lightning.errors import IGMUError
 
@@ -37,15 +38,8 @@ class FromCheckpoint(BackboneSpec):
         if record is None or (spec is None and self.base is None):
             raise IGMUError(f"checkpoint '{path}' was not written by an igmu-lightning module")
         backbone = (self.base or BackboneSpec.from_config(spec)).build()
-        if backbone.hashes() != record["base_hashes"]:
-            raise IGMUError(
-                f"checkpoint '{path}' was trained from another base model than '{backbone.source}' "
-                "(hashes differ): pass the right one as base"
-            )
         state = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
-        missing = set(state) - set(backbone.state_dict())
-        if missing:
-            raise IGMUError(f"checkpoint '{path}' holds tensors the base model lacks, e.g. {sorted(missing)[0]}")
-        backbone.load_state_dict(state, strict=False)
+        # All three components are checked: the run's hashes cover the whole base it started from.
+        apply_tensors(backbone, state, record["base_hashes"], str(path), check=COMPONENTS)
         backbone.source = str(path)
         return backbone

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import socket
@@ -15,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from igmu_lightning.backbone.backbone import Backbone
+from igmu_lightning.backbone.backbone import GUIDANCE_FILE, Backbone
 from igmu_lightning.errors import IGMUError
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -52,13 +53,19 @@ class BackboneSpec:
             return config
         if not isinstance(config, dict) or "class_path" not in config:
             raise IGMUError(f"a backbone must be a BackboneSpec or a class_path/init_args mapping, got {config!r}")
-        module_name, _, name = config["class_path"].rpartition(".")
-        if not module_name.startswith("igmu_lightning."):
-            raise IGMUError(f"backbone class '{config['class_path']}' is not part of igmu_lightning")
-        cls = getattr(importlib.import_module(module_name), name, None)
-        if not (isinstance(cls, type) and issubclass(cls, BackboneSpec)):
-            raise IGMUError(f"'{config['class_path']}' is not a backbone class")
-        return cls(**config.get("init_args", {}))
+        return project_class(config["class_path"], "backbone", BackboneSpec)(**config.get("init_args", {}))
+
+
+def project_class(class_path: str, kind: str, base: type | None = None) -> type:
+    """The class a stored ``class_path`` names; only this project's classes (no arbitrary imports
+    from a file a user hands us)."""
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name.startswith("igmu_lightning."):
+        raise IGMUError(f"{kind} class '{class_path}' is not part of igmu_lightning")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not isinstance(cls, type) or (base is not None and not issubclass(cls, base)):
+        raise IGMUError(f"'{class_path}' is not a {kind} class")
+    return cls
 
 
 class Pretrained(BackboneSpec):
@@ -164,4 +171,12 @@ def load_backbone(
         raise IGMUError(f"cannot load model '{path}': {first_line}") from None
     finally:
         hub_log.setLevel(level)
-    return Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)
+    backbone = Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)
+    guidance = Path(source) / GUIDANCE_FILE
+    if guidance.is_file():  # sampling-time guidance saved with the model (SLD)
+        try:
+            config = json.loads(guidance.read_text())
+            backbone.guidance = project_class(config["class_path"], "guidance")(**config.get("init_args", {}))
+        except (ValueError, KeyError, TypeError) as err:
+            raise IGMUError(f"'{guidance}' is not a valid guidance file ({err}): delete it or export the model again") from None
+    return backbone

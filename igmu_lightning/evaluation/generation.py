@@ -20,7 +20,9 @@ from igmu_lightning.utils.io import atomic_write_bytes
 
 
 def model_fingerprint(backbone: Backbone) -> str:
-    return hashlib.sha256(json.dumps(backbone.hashes(), sort_keys=True).encode()).hexdigest()
+    """Weights and sampling-time guidance: what decides a model's images besides the sampler."""
+    identity = backbone.hashes() if backbone.guidance is None else [backbone.hashes(), backbone.guidance.to_config()]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 class ImageCache:

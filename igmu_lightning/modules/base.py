@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from igmu_lightning.backbone import Backbone, BackboneSpec
+from igmu_lightning.backbone.delta import DELTA_FILE, save_delta
 from igmu_lightning.modules.params import select_parameters
 from igmu_lightning.utils.io import atomic_write_json
 
@@ -85,8 +86,16 @@ class BackboneModule(LightningModule):
             "base_hashes": self.base_hashes(),
         }
 
+    def delta_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors this run may have changed, by backbone name (``unet.…``): the delta."""
+        params = dict(self.backbone.named_parameters())
+        return {name.removeprefix("backbone."): params[name.removeprefix("backbone.")] for name in self.trainable_names}
+
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
             path = self.backbone.save_pretrained(Path(self.export_dir))
+            delta = self.delta_tensors()
+            if delta:  # the same model as a few-MB file that applies onto its base (WithDelta)
+                save_delta(path / DELTA_FILE, delta, self.base_hashes(), self.backbone_spec)
             atomic_write_json(path / RUN_RECORD, self.efficiency_record())
-            print(f"exported the trained model to {path}")
+            print(f"exported the trained model to {path}" + (f" (delta: {len(delta)} tensors in {DELTA_FILE})" if delta else ""))

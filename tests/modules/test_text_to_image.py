@@ -67,7 +67,7 @@ def test_a_run_checkpoint_is_a_backbone_for_evaluation(tiny_spec, captioned_fold
     trainer.fit(module, CaptionedFolderData(str(captioned_folder), image_size=16, batch_size=4))
     ckpt = trainer.checkpoint_callback.best_model_path
     assert FromCheckpoint(ckpt).build().hashes() == module.backbone.hashes()
-    with pytest.raises(IGMUError, match="trained from another base model"):
+    with pytest.raises(IGMUError, match="made from another base model"):
         FromCheckpoint(ckpt, base=TinySD(seed=5)).build()
     with pytest.raises(IGMUError, match="does not exist"):
         FromCheckpoint(str(tmp_path / "none.ckpt")).build()

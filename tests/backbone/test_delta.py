@@ -1,0 +1,44 @@
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from safetensors.torch import save_file
+
+from igmu_lightning.algorithms import UCE
+from igmu_lightning.backbone import Pretrained, TinySD, WithDelta
+from igmu_lightning.backbone.delta import DELTA_FILE, read_delta
+from igmu_lightning.data import PromptData
+from igmu_lightning.errors import IGMUError
+
+
+@pytest.fixture(scope="module")
+def uce_export(tiny_spec, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uce") / "model"
+    module = UCE(tiny_spec, erase=["a cat"], preserve=["a dog"], export_dir=str(out))
+    Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(module, PromptData(["a cat"], steps_per_epoch=1))
+    return out
+
+
+def test_the_delta_holds_the_changed_tensors_only_and_rebuilds_the_model(tiny_spec, uce_export):
+    tensors, meta = read_delta(uce_export / DELTA_FILE)
+    base, exported = tiny_spec.build(), Pretrained(str(uce_export)).build()
+    base_state, exported_state = base.state_dict(), exported.state_dict()
+    changed = {k for k in exported_state if not torch.equal(exported_state[k], base_state[k])}
+    assert changed and set(tensors) == changed
+    assert all(".attn2.to_k." in k or ".attn2.to_v." in k for k in tensors)
+    assert meta["base_hashes"] == base.hashes()
+    rebuilt = WithDelta(str(uce_export)).build()  # the folder works too; the base comes from the delta
+    assert rebuilt.hashes() == exported.hashes()
+    assert (uce_export / DELTA_FILE).stat().st_size < 0.2 * sum(p.numel() * 4 for p in base.unet.parameters())
+
+
+def test_a_delta_refuses_another_base_and_bad_files(uce_export, tmp_path):
+    with pytest.raises(IGMUError, match="made from another base model.*unet hashes differ"):
+        WithDelta(str(uce_export / DELTA_FILE), base=TinySD(seed=3, image_size=16)).build()
+    with pytest.raises(IGMUError, match="does not exist"):
+        WithDelta(str(tmp_path / "nope.safetensors")).build()
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(IGMUError, match="is not a safetensors file"):
+        WithDelta(str(tmp_path / "junk.safetensors")).build()
+    save_file({"unet.x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(IGMUError, match="not an igmu-lightning delta"):
+        WithDelta(str(tmp_path / "plain.safetensors")).build()
