@@ -4,6 +4,7 @@ record (resolved config, seed, package versions, model hashes) saved beside ever
 from __future__ import annotations
 
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -75,6 +76,11 @@ class IGMUCLI(LightningCLI):
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("enable_progress_bar") is False:
             self.trainer_defaults = {k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        if trainer.get("logger") is False and trainer.get("default_root_dir") == "logs":
+            # No logger gives no run id: each such run gets its own folder, so a second run never
+            # overwrites the first one's config.yaml, run.json or checkpoints.
+            run_dir = f"logs/offline/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            trainer["default_root_dir"] = self._get(self.config, "trainer")["default_root_dir"] = run_dir
         return super().instantiate_trainer(**kwargs)
 
 

@@ -1,13 +1,14 @@
 import json
+import time
 
 import wandb
 import yaml
 
 from igmu_lightning.cli import IGMUCLI
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 
 CONFIG = "configs/finetune/sd14_captioned_folder.yaml"
-TINY = "configs/backbone/tiny.yaml"
+TINY = str(ROOT / "configs/backbone/tiny.yaml")
 
 
 def test_help_lists_the_four_subcommands():
@@ -59,3 +60,17 @@ def test_fit_logs_to_offline_wandb_and_records_the_run(tiny_spec, captioned_fold
     assert list((run_dir / "checkpoints").glob("*.ckpt"))  # checkpoints sit beside the config
     assert (tmp_path / "export" / "model_index.json").is_file()
     assert list((logs / "wandb").glob("offline-run-*"))
+
+
+def test_runs_without_a_logger_never_share_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs/unlearn/world/uce_object.yaml"), "--model.init_args.backbone", TINY,
+            "--model.init_args.export_dir", str(tmp_path / "out"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    IGMUCLI(args=args)
+    time.sleep(1.1)  # folders are named by the second (and the process id)
+    IGMUCLI(args=args)
+    runs = sorted((tmp_path / "logs" / "offline").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        assert json.loads((run / "run.json").read_text())["model_hashes"]["unet"]
+        assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["default_root_dir"] == f"logs/offline/{run.name}"

@@ -1,7 +1,10 @@
 """LightningDataModules: captioned image folders, DataIGM labelled image folders."""
 
 from igmu_lightning.data.captioned_folder import CaptionedFolderData, load_image
+from igmu_lightning.data.forget_retain import FolderForgetRetain, WorldForgetRetain
 from igmu_lightning.data.labelled_folder import LabelledFolderData
 from igmu_lightning.data.prompts import PromptData
 
-__all__ = ["CaptionedFolderData", "LabelledFolderData", "PromptData", "load_image"]
+__all__ = [
+    "CaptionedFolderData", "FolderForgetRetain", "LabelledFolderData", "PromptData", "WorldForgetRetain", "load_image",
+]

@@ -16,6 +16,7 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "xattn_kv": (r"^unet\..*\.attn2\.to_[kv]\.", None),
     "noxattn": (r"^unet\.", r"\.attn2\."),
     "selfattn": (r"^unet\..*\.attn1\.", None),
+    "attn": (r"^unet\..*\.attn[12]\.to_(q|k|v|out)\.", None),  # CA's nudity set: q/k/v/out of all attention
     "text_encoder": (r"^text_encoder\.", None),
     "text_encoder_layers": (r"^text_encoder\.(text_model\.)?(encoder|final_layer_norm)\.", None),
 }

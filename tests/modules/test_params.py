@@ -10,6 +10,8 @@ def test_presets_pick_the_papers_parameter_sets(tiny_spec):
     assert xattn and all(".attn2." in n and n.startswith("unet.") for n in xattn)
     kv = select_parameters(model, ["xattn_kv"])
     assert kv and set(kv) < set(xattn) and all(n.split(".")[-2] in ("to_k", "to_v") for n in kv)
+    attn = select_parameters(model, ["attn"])  # CA's nudity set: q/k/v/out of self- and cross-attention
+    assert set(kv) < set(attn) and any(".attn1.to_out." in n for n in attn) and all(".to_" in n for n in attn)
     noxattn = select_parameters(model, ["noxattn"])
     unet = select_parameters(model, ["unet"])
     assert set(noxattn) | set(xattn) == set(unet) and not set(noxattn) & set(xattn)

@@ -1,0 +1,251 @@
+"""Concept Ablation, CA (Kumari et al., "Ablating Concepts in Text-to-Image Diffusion Models", ICCV 2023).
+
+Fine-tune the model so that a target prompt predicts what its anchor prompt predicts:
+    L = || eps_th(x_t, c*, t) - sg[eps_th(x_t, c, t)] ||^2  (+ w || eps_th(x'_t', c', t') - eps' ||^2)
+with x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, t ~ U{0..999}, x0 an anchor image the frozen model made
+from anchor prompt p (25 DDIM steps, CFG 6, eta 1; for nudity the target is the negative prompt),
+c its embedding and c* that of the target prompt derived from p. The anchor prediction comes from
+the same trainable UNet under no_grad, not from a frozen copy. The optional prior term (``prior_weight``,
+1 in the official code) is the plain diffusion loss on other anchor images with their own prompts.
+Target prompts: ``object`` replaces the anchor word ("a red square" -> "a red triangle"); ``style``
+fills "{p}, in the style of {t}" or "in {t}'s style, {p}" (odds 1 : 2, as the official code).
+The official MSE is masked to the unpadded region of its rescale augmentation, which we do not do
+(all-ones mask). Anchor images are cached as PNGs keyed by (base model, sampler settings, prompt,
+seed) under ``anchor_dir``, with ``manifest.json`` written last: a rerun generates nothing, a
+changed prompt list or base model generates only what is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from igmu_lightning.algorithms.base import UnlearningModule
+from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.data.captioned_folder import load_image
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.evaluation.generation import ImageCache
+from igmu_lightning.sampling import SamplerSettings
+from igmu_lightning.utils.io import atomic_write_json
+
+ANCHOR_SAMPLING = SamplerSettings(steps=25, guidance_scale=6.0, scheduler="ddim", eta=1.0)
+STYLE_TEMPLATES = ("{p}, in the style of {t}", "in {t}'s style, {p}", "in {t}'s style, {p}")  # odds 1 : 2
+MANIFEST = "manifest.json"
+
+
+class Prior(NamedTuple):
+    """The prior term's batch: clean anchor latents, their prompts' embeddings, timesteps, noise."""
+
+    latents: torch.Tensor
+    context: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+
+
+class ConceptAblation(UnlearningModule):
+    """Args:
+    backbone: the model to ablate from.
+    target: the concept to ablate ("triangle", "van gogh", "nudity"). In object mode the text that
+        replaces the anchor word, where ``{}`` stands for the replaced word ("hollow {}": "a red
+        square" -> "a hollow red square", for an anchor that captions leave unsaid).
+    anchor_prompts: prompts of the anchor concept; the anchor images are made from them.
+    anchor: object mode: the anchor word (or words) each anchor prompt contains ("square").
+    mode: ``object`` (replace the anchor word) or ``style`` (fill ``style_templates``).
+    style_templates: templates with ``{p}`` (anchor prompt) and ``{t}`` (target), one drawn per item.
+    images_per_prompt: anchor images per prompt (the paper: 1000 images over 200 prompts).
+    anchor_dir: where the anchor PNGs and their manifest are kept.
+    negative_prompt: for the anchor images (nudity: the target, so that anchors are clothed).
+    prior_weight: weight of the prior term; 0 leaves it out (no extra UNet batch).
+    hflip: flip anchor images at random (the official style and object recipes).
+    trainable: presets or regexes: ``xattn_kv`` (the official "cross-attn"), ``attn`` (nudity), ``unet``.
+    lr: the effective AdamW learning rate. The official ``--scale_lr`` multiplies its CLI value by
+        batch size x GPUs (x gradient accumulation, x2 with the prior term): 2e-6 x 4 x 2 = 1.6e-5.
+    weight_decay: AdamW weight decay (1e-2). Clip gradients at 1 with the trainer's gradient_clip_val.
+    generation_batch_size: images per sampler call while making the anchors.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        target: str,
+        anchor_prompts: list[str],
+        anchor: str | list[str] | None = None,
+        mode: Literal["object", "style"] = "object",
+        style_templates: list[str] | None = None,
+        images_per_prompt: int = 5,
+        anchor_dir: str = "outputs/anchors/concept_ablation",
+        negative_prompt: str = "",
+        prior_weight: float = 0.0,
+        hflip: bool = False,
+        trainable: list[str] | None = None,
+        lr: float = 1.6e-5,
+        weight_decay: float = 1e-2,
+        generation_batch_size: int = 16,
+        export_dir: str | None = None,
+    ) -> None:
+        prompts = [p.strip() for p in anchor_prompts or [] if p and p.strip()]
+        if not prompts:
+            raise IGMUError("ConceptAblation has no anchor prompts: give anchor_prompts at least one prompt")
+        if not target.strip():
+            raise IGMUError("ConceptAblation needs a non-empty target concept")
+        if mode not in ("object", "style"):
+            raise IGMUError(f"unknown ConceptAblation mode '{mode}': choose object or style")
+        if images_per_prompt < 1 or generation_batch_size < 1 or prior_weight < 0:
+            raise IGMUError("images_per_prompt and generation_batch_size must be >= 1 and prior_weight >= 0")
+        super().__init__(backbone, trainable or ["xattn_kv"], lr, export_dir)
+        self.save_hyperparameters()
+        self.target, self.mode, self.anchor_prompts = target.strip(), mode, prompts
+        self.anchor_words = [anchor] if isinstance(anchor, str) else list(anchor or [])
+        self.style_templates = list(style_templates or STYLE_TEMPLATES)
+        self.images_per_prompt, self.anchor_dir, self.hflip = images_per_prompt, Path(anchor_dir), hflip
+        self.prior_weight, self.weight_decay = prior_weight, weight_decay
+        self.generation_batch_size = generation_batch_size
+        self.sampling = replace(ANCHOR_SAMPLING, negative_prompt=negative_prompt)
+        if mode == "object" and not [w for w in self.anchor_words if w.strip()]:
+            raise IGMUError("object mode replaces the anchor word: set anchor (e.g. anchor: square)")
+        for template in self.style_templates:
+            if mode == "style" and ("{p}" not in template or "{t}" not in template):
+                raise IGMUError(f"style template '{template}' needs both {{p}} (anchor prompt) and {{t}} (target)")
+        for prompt in prompts:
+            self.target_prompt(prompt)  # every anchor prompt must yield a target prompt
+        self.generated = 0  # anchor images this process generated at the last fit start
+
+    def target_prompt(self, prompt: str, template: int = 0) -> str:
+        """The target prompt of an anchor prompt; ``template`` picks the style template."""
+        if self.mode == "style":
+            return self.style_templates[template % len(self.style_templates)].format(p=prompt, t=self.target)
+        words = "|".join(re.escape(w) for w in sorted(self.anchor_words, key=len, reverse=True))
+        fill = lambda m: self.target.replace("{}", m.group(1))
+        new, count = re.subn(rf"(?<!\w)({words})(?!\w)", fill, prompt, flags=re.IGNORECASE)
+        if not count:
+            raise IGMUError(f"anchor prompt '{prompt}' lacks the anchor word {self.anchor_words}: add it or drop it")
+        return new
+
+    # --- the loss ------------------------------------------------------------------------------
+    def ablation_loss(self, latents, c_anchor, c_target, t, noise, prior: Prior | None = None):
+        """(total, ablation term, prior term or None) for clean anchor latents at timesteps t."""
+        unet, q = self.backbone.unet, self.backbone.noise_scheduler.add_noise
+        x_t = q(latents, noise, t)
+        with torch.no_grad():  # the same trainable UNet, as a stop-gradient target
+            anchor_eps = unet(x_t, t, encoder_hidden_states=c_anchor).sample
+        x, times, context = x_t, t, c_target
+        if prior is not None:  # one UNet call for both terms
+            x, times = torch.cat([x_t, q(prior.latents, prior.noise, prior.t)]), torch.cat([t, prior.t])
+            context = torch.cat([c_target, prior.context])
+        pred = unet(x, times, encoder_hidden_states=context).sample.float()
+        ablation = F.mse_loss(pred[: len(x_t)], anchor_eps.float())
+        if prior is None:
+            return ablation, ablation, None
+        prior_loss = F.mse_loss(pred[len(x_t) :], prior.noise.float())
+        return ablation + self.prior_weight * prior_loss, ablation, prior_loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        n = len(batch["prompt"])  # the data module sets batch size and steps; its texts are unused
+        latents, prompts = self.draw(n)
+        picks = torch.randint(len(self.style_templates), (n,), generator=self._rng).tolist()
+        targets = [self.target_prompt(p, k) for p, k in zip(prompts, picks)]
+        prior = None
+        with torch.no_grad():
+            c_anchor, c_target = self.backbone.encode_prompts(prompts + targets).chunk(2)
+            if self.prior_weight > 0:
+                prior_latents, prior_prompts = self.draw(n)
+                prior_context = self.backbone.encode_prompts(prior_prompts)
+                prior = Prior(prior_latents, prior_context, *self.noise_for(prior_latents))
+        loss, ablation, prior_loss = self.ablation_loss(latents, c_anchor, c_target, *self.noise_for(latents), prior)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/ablation_loss", ablation, batch_size=n)
+        if prior_loss is not None:
+            self.log("train/prior_loss", prior_loss, batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    # --- anchor images -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        rank = self.global_rank if self._trainer is not None else 0
+        self._rng = torch.Generator().manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+        self.generated = self.prepare_anchors()
+        self._latents: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def anchor_items(self) -> list[tuple[str, int]]:
+        """(prompt, seed) of every anchor image; seeds follow from the prompt's text, so another
+        prompt list keeps the images of the prompts it shares."""
+        items = []
+        for prompt in self.anchor_prompts:
+            first = int(hashlib.sha256(prompt.encode()).hexdigest()[:7], 16)
+            items += [(prompt, first + j) for j in range(self.images_per_prompt)]
+        return items
+
+    def prepare_anchors(self) -> int:
+        """Generate the missing anchor images with the frozen model (every rank a share; a
+        barrier around it) and write the manifest last; returns how many this process made."""
+        trainer = self._trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        barrier = trainer.strategy.barrier if trainer is not None else (lambda name=None: None)
+        cache, settings = ImageCache(self.anchor_dir), asdict(self.sampling)
+        guidance = getattr(self.backbone, "guidance", None)  # sampling-time guidance (SLD) shapes images too
+        identity = self.base_hashes() if guidance is None else [self.base_hashes(), guidance.to_config()]
+        model = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        folder = cache.folder(model, settings)
+        self.anchor_files = [(folder / f"{cache.key(p, s)}.png", p) for p, s in self.anchor_items()]
+        todo = [(p, s) for (path, _), (p, s) in zip(self.anchor_files, self.anchor_items()) if not path.is_file()]
+        barrier("ca_anchors_listed")  # every rank has its list before anyone writes
+        mine, size = todo[rank::world], self.generation_batch_size
+        sampler = self.teacher_sampler(self.sampling)
+        show = rank == 0 and bool(mine) and (trainer is None or trainer.progress_bar_callback is not None)
+        for start in tqdm(range(0, len(mine), size), desc="CA anchor images", disable=not show, unit="batch"):
+            chunk = mine[start : start + size]
+            images = sampler.sample_batch([p for p, _ in chunk], [s for _, s in chunk], pad_to=size)
+            for (prompt, seed), image in zip(chunk, images):
+                cache.save(folder, prompt, seed, image)
+        barrier("ca_anchors_made")
+        if rank == 0:
+            self.write_manifest(settings)
+        barrier("ca_anchors_recorded")
+        return len(mine)
+
+    def write_manifest(self, settings: dict) -> None:
+        missing = [str(path) for path, _ in self.anchor_files if not path.is_file()]
+        if missing:
+            raise IGMUError(f"anchor image '{missing[0]}' (+{len(missing) - 1}) missing: share anchor_dir across ranks")
+        manifest = {
+            "base_hashes": self.base_hashes(),
+            "sampler": settings,
+            "prompts": self.anchor_prompts,
+            "images_per_prompt": self.images_per_prompt,
+            "images": [
+                {"file": str(path.relative_to(self.anchor_dir)), "prompt": p, "seed": s}
+                for (path, _), (p, s) in zip(self.anchor_files, self.anchor_items())
+            ],
+        }
+        path = self.anchor_dir / MANIFEST
+        if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != manifest:
+            atomic_write_json(path, manifest)
+
+    def draw(self, n: int) -> tuple[torch.Tensor, list[str]]:
+        """n random anchor images as clean latents (each encoded once, then kept) and their prompts."""
+        picks = torch.randint(len(self.anchor_files), (n,), generator=self._rng).tolist()
+        flips = (torch.rand(n, generator=self._rng) < 0.5).tolist() if self.hflip else [False] * n
+        keys = list(zip(picks, flips))
+        new = [k for k in dict.fromkeys(keys) if k not in self._latents]
+        if new:  # one VAE call for the images not seen yet
+            images = [load_image(self.anchor_files[i][0]) for i, _ in new]
+            images = torch.stack([im.flip(-1) if flip else im for im, (_, flip) in zip(images, new)])
+            with torch.no_grad():
+                self._latents.update(zip(new, self.backbone.encode_images(images.to(self.device), self._rng)))
+        return torch.stack([self._latents[k] for k in keys]), [self.anchor_files[i][1] for i in picks]
+
+    def noise_for(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps t ~ U{0..T-1} and Gaussian noise for a batch of latents."""
+        steps = self.backbone.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (len(latents),), generator=self._rng)
+        return t.to(latents.device), torch.randn(latents.shape, generator=self._rng).to(latents)

@@ -1,0 +1,132 @@
+"""FMN, Forget-Me-Not: Learning to Forget in Text-to-Image Diffusion Models (Zhang et al., CVPR-W
+2024), attention re-steering.
+
+Concept images are noised, x_t = q(x_0, t, eps) with t ~ U{0..T-1}, and run through the UNet with
+their prompts; every cross-attention (attn2) layer l gives A_l = softmax(Q K^T * scale), shape
+(B, heads, pixels, tokens). With P_b the positions of the concept's tokens inside prompt b:
+    L = || concat over l, b of A_l[b, :, :, P_b] ||_2        (not squared; no denoising term)
+P_b holds the concept words' own tokens only, never BOS, EOS or padding (the official use_pooler
+marks every <|endoftext|>, ~70 padding tokens on SD v1.x), per sample (the official mask broadcast
+is right for batch 1 only). The official optional textual-inversion stage is not part of this."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from igmu_lightning.algorithms.base import UnlearningModule
+from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.errors import IGMUError
+
+
+class AttentionProbe:
+    """An attention processor that computes the probabilities explicitly and appends them,
+    (B, heads, queries, keys) in float32, to ``store`` (SDPA never materialises them)."""
+
+    def __init__(self, store: list[torch.Tensor]) -> None:
+        self.store = store
+
+    def __call__(
+        self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw
+    ):
+        if attention_mask is not None or attn.spatial_norm is not None or attn.group_norm is not None \
+                or attn.residual_connection or hidden_states.ndim != 3:  # fmt: skip
+            raise IGMUError("FMN's attention probe handles SD-style cross-attention only (no masks, norms, residuals)")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        q, k, v = (x.unflatten(-1, (attn.heads, -1)).transpose(1, 2) for x in (q, k, v))  # (B, heads, N, d)
+        probs = (q @ k.transpose(-1, -2) * attn.scale).float().softmax(-1)
+        self.store.append(probs)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2)
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+
+@contextmanager
+def attention_probes(unet: torch.nn.Module):
+    """Route every attn2 layer through an ``AttentionProbe`` inside the block; yields the list its
+    probabilities land in (layer order of the forward pass). The original processors come back."""
+    layers = [m for n, m in unet.named_modules() if n.endswith("attn2") and isinstance(m, Attention)]
+    if not layers:
+        raise IGMUError("this UNet has no cross-attention (attn2) layers for FMN to re-steer")
+    originals, store = [m.processor for m in layers], []
+    probe = AttentionProbe(store)
+    try:
+        for layer in layers:
+            layer.set_processor(probe)
+        yield store
+    finally:
+        for layer, processor in zip(layers, originals):
+            layer.set_processor(processor)
+
+
+class FMN(UnlearningModule):
+    """Args:
+    backbone: the model to erase from; batches come from a forget/retain data module ("forget" only).
+    concept: the concept word(s) whose tokens are suppressed, e.g. "triangle" or ["van gogh"];
+        every forget prompt must contain one of them.
+    trainable: ``unet`` (official default, only_optimize_ca false) or ``xattn`` (attn2 only).
+    lr: AdamW learning rate (2e-6).
+    weight_decay: AdamW weight decay (0.01).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        concept: str | list[str],
+        trainable: Literal["unet", "xattn"] = "unet",
+        lr: float = 2e-6,
+        weight_decay: float = 0.01,
+        export_dir: str | None = None,
+    ) -> None:
+        if trainable not in ("unet", "xattn"):
+            raise IGMUError(f"FMN trains 'unet' or 'xattn', got '{trainable}'")
+        concepts = [concept] if isinstance(concept, str) else list(concept)
+        if not concepts or not all(c.strip() for c in concepts):
+            raise IGMUError("FMN needs a non-empty concept word to suppress")
+        super().__init__(backbone, [trainable], lr, export_dir)
+        self.save_hyperparameters()
+        self.weight_decay = weight_decay
+        tok = self.backbone.tokenizer
+        self.concepts = {c: tok(c, add_special_tokens=False).input_ids for c in concepts}
+
+    def concept_positions(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L) bool: True at the tokens of every occurrence of a concept in each prompt."""
+        tok = self.backbone.tokenizer
+        mask = torch.zeros(len(prompts), tok.model_max_length, dtype=torch.bool)
+        for b, prompt in enumerate(prompts):
+            ids = tok(prompt, truncation=True, max_length=tok.model_max_length).input_ids  # BOS ... EOS
+            for seq in self.concepts.values():
+                for i in range(1, len(ids) - len(seq)):  # words only: BOS at 0, EOS last
+                    if ids[i : i + len(seq)] == seq:
+                        mask[b, i : i + len(seq)] = True
+            if not mask[b].any():
+                raise IGMUError(f"prompt '{prompt}' does not contain the FMN concept {list(self.concepts)}: "
+                                "caption every forget image with the concept word")  # fmt: skip
+        return mask.to(self.device)
+
+    def attention_loss(self, x_t: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        positions = self.concept_positions(prompts)
+        context = self.backbone.encode_prompts(prompts)
+        with attention_probes(self.backbone.unet) as probs:
+            self.backbone.unet(x_t, t, encoder_hidden_states=context)
+        # (B, heads, pixels, L) -> (B, L, heads, pixels), indexed with the per-sample (B, L) mask
+        picked = [p.permute(0, 3, 1, 2)[positions].flatten() for p in probs]
+        return torch.cat(picked).norm()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        forget, bb = batch["forget"], self.backbone
+        with torch.no_grad():
+            latents = bb.encode_images(forget["image"])
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+        loss = self.attention_loss(bb.noise_scheduler.add_noise(latents, noise, t), t, forget["prompt"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(forget["prompt"]))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,182 @@
+import copy
+import json
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+
+from igmu_lightning.algorithms import ConceptAblation
+from igmu_lightning.algorithms.concept_ablation import Prior
+from igmu_lightning.backbone import TinySD
+from igmu_lightning.data import PromptData, load_image
+from igmu_lightning.errors import IGMUError
+from igmu_lightning.modules.params import select_parameters
+from igmu_lightning.sampling import Sampler, SamplerSettings
+
+
+def make(spec, tmp_path=None, prompts=("a red square", "a blue square"), **kwargs) -> ConceptAblation:
+    kwargs = {"anchor": "square", "images_per_prompt": 1, "generation_batch_size": 2, **kwargs}
+    anchor_dir = str(tmp_path / "anchors") if tmp_path else "unused"
+    return ConceptAblation(spec, target="triangle", anchor_prompts=list(prompts), anchor_dir=anchor_dir, **kwargs)
+
+
+def fit(module: ConceptAblation, steps: int = 1) -> None:
+    module.sampling = replace(module.sampling, steps=2)  # quick anchors (the real settings are tested apart)
+    Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
+        module, PromptData(["ignored"], batch_size=2, steps_per_epoch=steps)
+    )
+
+
+def q_sample(module, x0, noise, t):
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, from the schedule's cumulative alphas."""
+    a = module.backbone.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+
+
+def moved_student(spec, **kwargs) -> ConceptAblation:
+    """A module whose trained tensors moved off the base: the anchor prediction must come from them."""
+    module = make(spec, **kwargs)
+    with torch.no_grad():
+        for p in module.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return module
+
+
+def test_loss_maps_the_target_prediction_onto_the_same_models_anchor_prediction(tiny_spec):
+    module = moved_student(tiny_spec)
+    unet = copy.deepcopy(module.backbone.unet)  # an independent copy of the live (trained) UNet
+    (x0, noise), t = batch(0), torch.tensor([10, 900])
+    c_a = module.backbone.encode_prompts(["a red square", "a blue square"])
+    c_t = module.backbone.encode_prompts(["a red triangle", "a blue triangle"])
+    x_t = q_sample(module, x0, noise, t)
+    with torch.no_grad():
+        e_target = unet(x_t, t, encoder_hidden_states=c_t).sample
+        expected = ((e_target - unet(x_t, t, encoder_hidden_states=c_a).sample) ** 2).mean()
+        with_frozen_anchor = ((e_target - module.teacher(x_t, t, c_a).sample) ** 2).mean()
+    loss, ablation, prior = module.ablation_loss(x0, c_a, c_t, t, noise)
+    assert prior is None and torch.allclose(loss, expected, rtol=1e-5) and torch.equal(loss, ablation)
+    assert not torch.allclose(expected, with_frozen_anchor, rtol=1e-3)  # a frozen anchor would be caught
+
+    module.prior_weight = 0.5  # the prior term adds w * L_DM on other anchor images with their prompts
+    (p0, p_noise), p_t = batch(1), torch.tensor([500, 3])
+    c_p = module.backbone.encode_prompts(["a green square", "a yellow square"])
+    with torch.no_grad():
+        e_prior = unet(q_sample(module, p0, p_noise, p_t), p_t, encoder_hidden_states=c_p).sample
+        expected_prior = ((e_prior - p_noise) ** 2).mean()
+    loss, ablation, prior = module.ablation_loss(x0, c_a, c_t, t, noise, Prior(p0, c_p, p_t, p_noise))
+    assert torch.allclose(ablation, expected, rtol=1e-5) and torch.allclose(prior, expected_prior, rtol=1e-5)
+    assert torch.allclose(loss, expected + 0.5 * expected_prior, rtol=1e-5)
+
+
+def test_the_anchor_prediction_carries_no_gradient(tiny_spec):
+    module = moved_student(tiny_spec)
+    unet, params = module.backbone.unet, module.trainable_parameters()
+    (x0, noise), t = batch(2), torch.tensor([100, 700])
+    c_a, c_t = module.backbone.encode_prompts(["a red square", "a red triangle"]).repeat_interleave(2, 0).chunk(2)
+    grads = torch.autograd.grad(module.ablation_loss(x0, c_a, c_t, t, noise)[0], params)
+    x_t = q_sample(module, x0, noise, t)
+    pred, anchor = unet(x_t, t, encoder_hidden_states=c_t).sample, unet(x_t, t, encoder_hidden_states=c_a).sample
+    detached = torch.autograd.grad(F.mse_loss(pred, anchor.detach()), params, retain_graph=True)
+    through_both = torch.autograd.grad(F.mse_loss(pred, anchor), params)
+    assert all(torch.allclose(g, d, rtol=1e-4, atol=1e-8) for g, d in zip(grads, detached))
+    assert not all(torch.allclose(g, b, rtol=1e-4, atol=1e-8) for g, b in zip(grads, through_both))
+
+
+def test_target_prompts_in_object_and_style_mode(tiny_spec):
+    obj = make(tiny_spec, prompts=["a red square on a dotted background"])
+    assert obj.target_prompt("a red square on a dotted background") == "a red triangle on a dotted background"
+    assert obj.target_prompt("a Square beside a square") == "a triangle beside a triangle"
+    attribute = make(tiny_spec, prompts=["a red square"], anchor=["red", "blue"])
+    attribute.target = "hollow {}"  # an unsaid anchor ("filled"): the target goes in front of the colour
+    new = attribute.target_prompt("a plain background with a blue cross")
+    assert new == "a plain background with a hollow blue cross"
+    style = ConceptAblation(tiny_spec, target="van gogh", anchor_prompts=["a painting of a house"], mode="style")
+    assert [style.target_prompt("a painting of a house", k) for k in range(3)] == [
+        "a painting of a house, in the style of van gogh",
+        "in van gogh's style, a painting of a house",
+        "in van gogh's style, a painting of a house",  # the official code's odds: 1 : 2
+    ]
+
+
+def test_bad_concept_ablation_arguments(tiny_spec):
+    with pytest.raises(IGMUError, match="anchor prompt 'two squares' lacks the anchor word"):
+        make(tiny_spec, prompts=["a red square", "two squares"])  # a whole word, not a substring
+    for empty in ([], ["  "]):
+        with pytest.raises(IGMUError, match="no anchor prompts"):
+            make(tiny_spec, prompts=empty)
+    with pytest.raises(IGMUError, match="set anchor"):
+        make(tiny_spec, anchor=None)
+    with pytest.raises(IGMUError, match="unknown ConceptAblation mode 'objects'"):
+        make(tiny_spec, mode="objects")
+    with pytest.raises(IGMUError, match=r"style template '\{p\} by t' needs"):
+        make(tiny_spec, mode="style", style_templates=["{p} by t"])
+
+
+def test_anchor_images_are_made_once_by_the_frozen_model_and_remade_when_their_inputs_change(tiny_spec, tmp_path):
+    anchors = tmp_path / "anchors"
+    first = make(tiny_spec, tmp_path, negative_prompt="a cat")
+    official = SamplerSettings(steps=25, guidance_scale=6.0, scheduler="ddim", eta=1.0, negative_prompt="a cat")
+    assert first.sampling == official
+    before = {n: p.detach().clone() for n, p in first.backbone.named_parameters()}
+    fit(first)
+    assert first.generated == 2
+    manifest = json.loads((anchors / "manifest.json").read_text())
+    assert [(m["prompt"], m["seed"]) for m in manifest["images"]] == first.anchor_items()
+    assert manifest["sampler"] == asdict(first.sampling) and manifest["sampler"]["negative_prompt"] == "a cat"
+    assert manifest["base_hashes"] == tiny_spec.build().hashes() and len(list(anchors.rglob("*.png"))) == 2
+    # an anchor image is the base model's sample for its prompt and seed
+    item = manifest["images"][1]
+    sampler = Sampler(tiny_spec.build(), first.sampling)
+    again = sampler.sample_batch([item["prompt"]], [item["seed"]], pad_to=2)[0]
+    assert torch.allclose(load_image(anchors / item["file"]), again, atol=1 / 255 + 1e-6)
+    changed = {n for n, p in first.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in changed)  # the default set
+
+    stamps = {p: p.stat().st_mtime_ns for p in anchors.rglob("*") if p.is_file()}
+    second = make(tiny_spec, tmp_path, negative_prompt="a cat")
+    fit(second)
+    assert second.generated == 0 and stamps == {p: p.stat().st_mtime_ns for p in anchors.rglob("*") if p.is_file()}
+
+    third = make(tiny_spec, tmp_path, prompts=["a red square", "a green square"], negative_prompt="a cat")
+    fit(third)
+    assert third.generated == 1  # only the new prompt's image
+    manifest = json.loads((anchors / "manifest.json").read_text())
+    assert manifest["prompts"] == ["a red square", "a green square"] and len(manifest["images"]) == 2
+    assert all((anchors / m["file"]).is_file() for m in manifest["images"])
+
+    other_base = make(TinySD(seed=1, image_size=16), tmp_path, negative_prompt="a cat")
+    fit(other_base)
+    assert other_base.generated == 2
+
+
+def test_a_few_steps_train_only_the_chosen_tensors_and_export(tiny_spec, tmp_path):
+    module = make(tiny_spec, tmp_path, trainable=["attn"], prior_weight=1.0, hflip=True, lr=1e-2,
+                  export_dir=str(tmp_path / "out"))  # fmt: skip
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    fit(module, steps=3)
+    changed = {n for n, p in module.backbone.named_parameters() if not torch.equal(p, before[n])}
+    attn = set(select_parameters(module.backbone, ["attn"]))
+    assert changed and changed <= attn and any(".attn1." in n for n in changed)
+    assert (tmp_path / "out" / "model_index.json").is_file()
+
+
+def test_two_ddp_processes_share_the_anchor_generation_and_train(tiny_spec, tmp_path):
+    module = make(tiny_spec, tmp_path, prompts=["a red square", "a blue square", "a green square"], prior_weight=1.0,
+                  generation_batch_size=1, lr=1e-2, export_dir=str(tmp_path / "out"))  # fmt: skip
+    module.sampling = replace(module.sampling, steps=2)
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, PromptData(["ignored"], batch_size=2, steps_per_epoch=2))
+    manifest = json.loads((tmp_path / "anchors" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 3  # whichever rank made each
+    assert all((tmp_path / "anchors" / m["file"]).is_file() for m in manifest["images"])
+    assert any(not torch.equal(p, before[n]) for n, p in module.backbone.named_parameters())  # rank 0's weights
+    assert (tmp_path / "out" / "model_index.json").is_file()

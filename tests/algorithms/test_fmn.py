@@ -1,0 +1,103 @@
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+from lightning.pytorch import Trainer
+
+from igmu_lightning.algorithms import FMN
+from igmu_lightning.algorithms.fmn import attention_probes
+from igmu_lightning.data import WorldForgetRetain
+from igmu_lightning.errors import IGMUError
+
+# Token positions by hand: 0 is <|startoftext|>, then one token per word here.
+PROMPTS = ["a triangle on a plain background", "a red big triangle"]
+POSITIONS = [[2], [4]]
+
+
+def cross_attention_layers(unet):
+    return [m for n, m in unet.named_modules() if n.endswith("attn2") and isinstance(m, Attention)]
+
+
+def test_concept_positions_are_the_concept_tokens_only(tiny_spec):
+    module = FMN(tiny_spec, concept="triangle")
+    mask = module.concept_positions(PROMPTS + ["triangle, triangle"])
+    assert mask.shape == (3, 77)
+    assert [row.nonzero().flatten().tolist() for row in mask] == POSITIONS + [[1, 3]]  # no BOS, EOS or padding
+    two_words = FMN(tiny_spec, concept=["van gogh", "monet"])
+    assert two_words.concept_positions(["a painting by Van Gogh"])[0].nonzero().flatten().tolist() == [4, 5]
+    assert two_words.concept_positions(["monet or van gogh"])[0].nonzero().flatten().tolist() == [1, 3, 4]
+    with pytest.raises(IGMUError, match="prompt 'a red square' does not contain the FMN concept"):
+        module.concept_positions(["a red triangle", "a red square"])
+    with pytest.raises(IGMUError, match="does not contain"):  # another word, not the concept's token
+        module.concept_positions(["some triangles"])
+
+
+def test_loss_is_the_norm_of_attention_probabilities_at_the_concept_positions(tiny_spec):
+    module = FMN(tiny_spec, concept="triangle")
+    unet = module.backbone.unet
+    outputs, hooks = {}, []
+    for i, layer in enumerate(cross_attention_layers(unet)):
+        for part in ("to_q", "to_k"):
+            hooks.append(
+                getattr(layer, part).register_forward_hook(
+                    lambda m, a, out, key=(i, part): outputs.__setitem__(key, out)
+                )
+            )
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 700])
+    loss = module.attention_loss(x, t, PROMPTS)
+    for h in hooks:
+        h.remove()
+
+    total = torch.tensor(0.0)
+    layers = cross_attention_layers(unet)
+    for i, layer in enumerate(layers):
+        q, k = outputs[(i, "to_q")], outputs[(i, "to_k")]  # (B, pixels, C), (B, 77, C)
+        d = q.shape[-1] // layer.heads
+        q, k = q.view(2, -1, layer.heads, d), k.view(2, 77, layer.heads, d)
+        probs = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k) / d**0.5, dim=-1)  # (B, heads, pixels, 77)
+        for b, positions in enumerate(POSITIONS):
+            total = total + probs[b, :, :, positions].pow(2).sum()
+    assert len(layers) == 4 and len(outputs) == 8
+    assert torch.allclose(loss, total.sqrt(), rtol=1e-5)  # the norm, not its square
+
+
+def test_probes_change_nothing_and_the_processors_come_back(tiny_spec):
+    module = FMN(tiny_spec, concept="triangle")
+    unet = module.backbone.unet
+    before = {n: p for n, p in unet.attn_processors.items()}
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([500]), module.backbone.encode_prompts(["a triangle"])
+    with torch.no_grad():
+        plain = unet(x, t, encoder_hidden_states=c).sample
+        with attention_probes(unet) as probs:
+            probed = unet(x, t, encoder_hidden_states=c).sample
+            inside = unet.attn_processors
+    assert torch.allclose(plain, probed, atol=1e-5) and len(probs) == 4
+    assert all((type(p).__name__ == "AttentionProbe") == (".attn2." in n) for n, p in inside.items())
+    assert all(p is before[n] for n, p in unet.attn_processors.items())
+    with pytest.raises(RuntimeError, match="boom"), attention_probes(unet):
+        raise RuntimeError("boom")
+    assert all(p is before[n] for n, p in unet.attn_processors.items())
+
+
+def test_a_few_steps_lower_the_loss_and_xattn_trains_only_cross_attention(tiny_spec):
+    module = FMN(tiny_spec, concept="triangle", trainable="xattn", lr=1e-2)
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([100, 600])
+    prompts = ["a red triangle on a plain background", "a striped background with a hollow blue triangle"]
+    with torch.no_grad():
+        start = module.attention_loss(x, t, prompts)
+    data = WorldForgetRetain("object", n_forget=4, n_retain=0, image_size=16, batch_size=2, steps_per_epoch=5)
+    Trainer(
+        max_steps=5, gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    ).fit(module, data)
+    with torch.no_grad():
+        end = module.attention_loss(x, t, prompts)
+    assert end < 0.8 * start
+    changed = {n for n, p in module.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".attn2." in n for n in changed)
+
+
+def test_bad_fmn_arguments(tiny_spec):
+    with pytest.raises(IGMUError, match="FMN trains 'unet' or 'xattn'"):
+        FMN(tiny_spec, concept="triangle", trainable="noxattn")
+    with pytest.raises(IGMUError, match="non-empty concept"):
+        FMN(tiny_spec, concept=" ")
