@@ -119,12 +119,9 @@ class FMN(UnlearningModule):
         return torch.cat(picked).norm()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        forget, bb = batch["forget"], self.backbone
-        with torch.no_grad():
-            latents = bb.encode_images(forget["image"])
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
-        loss = self.attention_loss(bb.noise_scheduler.add_noise(latents, noise, t), t, forget["prompt"])
+        forget = batch["forget"]
+        x_t, t, _ = self.noised(forget["image"])
+        loss = self.attention_loss(x_t, t, forget["prompt"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(forget["prompt"]))
         return loss
 

@@ -8,12 +8,11 @@
    Both forget predictions share x_t, t and eps; the pseudo target comes from the trained model
    itself under no_grad. c_pseudo is a fixed prompt (NSFW: "a photo of a person wearing clothes") or
    the forget prompt with its concept words replaced (objects: class k -> (k + 1) % 10).
-Random draws, in order: the VAE posterior sample, eps, t (as ``TextToImage``)."""
+x_t comes from ``BackboneModule.noised`` (random draws: VAE posterior sample, eps, t)."""
 
 from __future__ import annotations
 
 import itertools
-import re
 import time
 from contextlib import nullcontext
 
@@ -24,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.text import replace_words
 
 
 class SalUn(UnlearningModule):
@@ -68,15 +68,6 @@ class SalUn(UnlearningModule):
         self.mask: dict[str, torch.Tensor] | None = None  # parameter name -> bool, same shape
 
     # --- the losses --------------------------------------------------------------------------
-    def noised(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, eps) for images in [0, 1]: x_t = q(x_0, t, eps), t ~ U{0..T-1}."""
-        bb = self.backbone
-        with torch.no_grad():
-            latents = bb.encode_images(images)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
-        return bb.noise_scheduler.add_noise(latents, noise, t), t, noise
-
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return self.backbone.unet(x_t, t, encoder_hidden_states=self.backbone.encode_prompts(prompts)).sample.float()
 
@@ -111,15 +102,11 @@ class SalUn(UnlearningModule):
     def pseudo_prompts(self, prompts: list[str]) -> list[str]:
         if self.pseudo_prompt is not None:
             return [self.pseudo_prompt] * len(prompts)
-        out = []
-        for prompt in prompts:
-            text = prompt
-            for word in sorted(self.pseudo_words, key=len, reverse=True):  # "van gogh" before "gogh"
-                text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", self.pseudo_words[word], text, flags=re.IGNORECASE)
-            if text == prompt:
+        out = [replace_words(prompt, self.pseudo_words) for prompt in prompts]
+        for prompt, text in zip(prompts, out):
+            if text == " ".join(prompt.split()):
                 raise IGMUError(f"forget prompt '{prompt}' contains none of the pseudo_words {list(self.pseudo_words)}: "
                                 "caption the forget images with the concept word, or give pseudo_prompt")  # fmt: skip
-            out.append(re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.split())))
         return out
 
     # --- the saliency mask -------------------------------------------------------------------

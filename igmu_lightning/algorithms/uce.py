@@ -17,13 +17,15 @@ import torch
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.text import expand_braces
 
 
 class UCE(UnlearningModule):
     """Args:
     erase: texts whose tokens are edited (e.g. ["triangle"]).
     guide: what each erase text should map to (one per erase text, or one for all; "" default).
-    preserve: texts whose every token keeps its keys and values.
+    preserve: texts whose every token keeps its keys and values; "{a,b}" alternatives expand
+        ("a {red,blue} {circle,square}" is four texts).
     lam: weight of staying at W0 (0.5 in both official codes).
     erase_scale: s_e (1).
     preserve_scale: s_p; None means the paper-era max(0.1, 1/|P|).
@@ -52,7 +54,8 @@ class UCE(UnlearningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.erase, self.guide = list(erase), guide * (len(erase) // len(guide))
-        self.preserve = list(dict.fromkeys([*(preserve or []), ""]))
+        expanded = [text for entry in preserve or [] for text in expand_braces(entry)]
+        self.preserve = list(dict.fromkeys([*expanded, ""]))
         self.lam, self.s_e = lam, erase_scale
         self.s_p = preserve_scale if preserve_scale is not None else max(0.1, 1 / len(self.preserve))
         self.tokens = tokens

@@ -53,6 +53,16 @@ class BackboneModule(LightningModule):
     def setup(self, stage: str) -> None:
         self.base_hashes()  # record the base model before the first step changes it
 
+    def noised(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, eps) for images in [0, 1]: x_t = q(x_0, t, eps), t ~ U{0..T-1}. Random draws,
+        in order: the VAE posterior sample, eps, t."""
+        bb = self.backbone
+        with torch.no_grad():
+            latents = bb.encode_images(images)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+        return bb.noise_scheduler.add_noise(latents, noise, t), t, noise
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 

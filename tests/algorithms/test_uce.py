@@ -37,3 +37,9 @@ def test_bad_uce_arguments(tiny_spec):
         UCE(tiny_spec, erase=[])
     with pytest.raises(IGMUError, match="2 erase texts but 3 guide texts"):
         UCE(tiny_spec, erase=["a", "b"], guide=["x", "y", "z"])
+
+
+def test_preserve_alternatives_expand(tiny_spec):
+    module = UCE(tiny_spec, erase=["a cat"], preserve=["a {dog,bird}", "a dog"])
+    assert module.preserve == ["a dog", "a bird", ""]  # expanded, deduplicated, "" always kept
+    assert module.s_p == max(0.1, 1 / 3)
