@@ -4,8 +4,8 @@ record (resolved config, seed, package versions, model hashes) saved beside ever
 from __future__ import annotations
 
 import os
-import time
 import sys
+import time
 from pathlib import Path
 
 import yaml

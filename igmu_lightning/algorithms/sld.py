@@ -46,7 +46,7 @@ class SafetyGuidance:
     momentum_beta: float = 0.4
 
     @classmethod
-    def preset(cls, name: str, safety_concept: str = SAFETY_CONCEPT) -> "SafetyGuidance":
+    def preset(cls, name: str, safety_concept: str = SAFETY_CONCEPT) -> SafetyGuidance:
         if name not in PRESETS:
             raise IGMUError(f"unknown SLD preset '{name}': choose one of {', '.join(PRESETS)}")
         return cls(safety_concept, *PRESETS[name])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save as save_tensors
-from safetensors.torch import safe_open
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as save_tensors
 
 from igmu_lightning.backbone.backbone import COMPONENTS, Backbone
 from igmu_lightning.backbone.loader import BackboneSpec

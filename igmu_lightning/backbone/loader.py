@@ -161,7 +161,7 @@ def load_backbone(
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=vae_weights, **common)
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if offline and source == path and not Path(path).exists():
             raise IGMUError(
