@@ -1,0 +1,21 @@
+"""The benchmark scripts run on the tiny model (they are measured on real sizes by hand, not in CI)."""
+
+import re
+
+from tests.conftest import run_script
+
+
+def test_teacher_memory_benchmark_runs_and_our_teacher_is_lighter():
+    result = run_script("benchmarks/teacher_memory.py", "--size", "tiny", "--steps", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    teachers = [float(x) for x in re.findall(r"\(teacher ([0-9.]+) GiB\)", result.stdout)]
+    ratio = float(re.search(r"peak ratio \(ours / deep copy\): ([0-9.]+)", result.stdout).group(1))
+    assert len(teachers) == 2 and teachers[0] < teachers[1]
+    assert 0 < ratio < 1
+
+
+def test_training_overhead_benchmark_runs_both_loops_on_the_tiny_model():
+    result = run_script("benchmarks/training_overhead.py", "--model", "tiny", "--steps", "3", "--repeats", "1", "--batch", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    plain, fit = (float(x) for x in re.search(r"plain loop: ([0-9.]+) s/step\s+Trainer.fit: ([0-9.]+) s/step", result.stdout).groups())
+    assert plain > 0 and fit > 0 and re.search(r"overhead ratio \(Lightning / plain\): [0-9.]+", result.stdout)
