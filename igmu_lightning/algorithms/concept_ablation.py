@@ -31,7 +31,7 @@ from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation.generation import ImageCache
+from igmu_lightning.evaluation.generation import ImageCache, fingerprint
 from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.utils.io import atomic_write_json
 
@@ -192,10 +192,7 @@ class ConceptAblation(UnlearningModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         barrier = trainer.strategy.barrier if trainer is not None else (lambda name=None: None)
         cache, settings = ImageCache(self.anchor_dir), asdict(self.sampling)
-        guidance = getattr(self.backbone, "guidance", None)  # sampling-time guidance (SLD) shapes images too
-        identity = self.base_hashes() if guidance is None else [self.base_hashes(), guidance.to_config()]
-        model = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        folder = cache.folder(model, settings)
+        folder = cache.folder(fingerprint(self.base_hashes(), self.backbone.guidance), settings)
         self.anchor_files = [(folder / f"{cache.key(p, s)}.png", p) for p, s in self.anchor_items()]
         todo = [(p, s) for (path, _), (p, s) in zip(self.anchor_files, self.anchor_items()) if not path.is_file()]
         barrier("ca_anchors_listed")  # every rank has its list before anyone writes

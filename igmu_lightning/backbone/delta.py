@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
+from safetensors.torch import safe_open
 from safetensors.torch import save as save_tensors
 
 from igmu_lightning.backbone.backbone import COMPONENTS, Backbone
@@ -63,11 +63,11 @@ def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            if metadata.get("format") != FORMAT:
+                raise IGMUError(f"'{path}' is a safetensors file but not an igmu-lightning delta (no '{FORMAT}' metadata)")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise IGMUError(f"delta '{path}' is not a safetensors file ({err})") from None
-    if metadata.get("format") != FORMAT:
-        raise IGMUError(f"'{path}' is a safetensors file but not an igmu-lightning delta (no '{FORMAT}' metadata)")
     return tensors, {"base": metadata["base"], "base_hashes": json.loads(metadata["base_hashes"])}
 
 

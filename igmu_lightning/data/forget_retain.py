@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -20,7 +19,7 @@ from igmu_lightning.data.captioned_folder import ImageFiles, read_metadata
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.world.concepts import FAMILIES, MAIN_TEMPLATES, TARGETS, Scene
 from igmu_lightning.world.data import sample_scene
-from igmu_lightning.world.render import render
+from igmu_lightning.world.render import render_tensor
 
 
 class PairSampler(Sampler):
@@ -145,8 +144,7 @@ class WorldScenesOf(Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(self.keep), index])
         scene, caption = self.scene_caption(rng)
-        pixels = render(scene, self.image_size, rng)
-        return {"image": torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255, "prompt": caption}
+        return {"image": render_tensor(scene, self.image_size, rng), "prompt": caption}
 
 
 class WorldForgetRetain(ForgetRetainData):

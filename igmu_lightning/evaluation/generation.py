@@ -19,10 +19,14 @@ from igmu_lightning.sampling import Sampler, to_uint8
 from igmu_lightning.utils.io import atomic_write_bytes
 
 
-def model_fingerprint(backbone: Backbone) -> str:
+def fingerprint(hashes: dict[str, str], guidance=None) -> str:
     """Weights and sampling-time guidance: what decides a model's images besides the sampler."""
-    identity = backbone.hashes() if backbone.guidance is None else [backbone.hashes(), backbone.guidance.to_config()]
+    identity = hashes if guidance is None else [hashes, guidance.to_config()]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def model_fingerprint(backbone: Backbone) -> str:
+    return fingerprint(backbone.hashes(), backbone.guidance)
 
 
 class ImageCache:

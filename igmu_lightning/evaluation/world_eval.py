@@ -28,7 +28,7 @@ from igmu_lightning.modules.base import RUN_RECORD
 from igmu_lightning.sampling import Sampler, SamplerSettings
 from igmu_lightning.world.concepts import FAMILIES, TARGETS
 from igmu_lightning.world.prompts import PROMPT_SETS, PromptItem, prompt_sets
-from igmu_lightning.world.render import render
+from igmu_lightning.world.render import render_tensor
 
 ORIGINAL = "original"
 
@@ -163,8 +163,7 @@ class WorldEvaluation(Evaluation):
     def _renders(self, batch: PromptBatch, seed: int) -> torch.Tensor:
         """Real images of the scenes the prompts ask for: the world's "real set" for FID."""
         size = self._image_size
-        arrays = [render(it.scene, size, np.random.default_rng([seed, s])) for it, s in zip(batch.items, batch.seeds)]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+        return torch.stack([render_tensor(it.scene, size, np.random.default_rng([seed, s])) for it, s in zip(batch.items, batch.seeds)])
 
     # --- the evaluation -----------------------------------------------------------------------
     def run(self, seed: int) -> EvaluationOutput:

@@ -99,7 +99,7 @@ class BackboneModule(LightningModule):
     def delta_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors this run may have changed, by backbone name (``unet.…``): the delta."""
         params = dict(self.backbone.named_parameters())
-        return {name.removeprefix("backbone."): params[name.removeprefix("backbone.")] for name in self.trainable_names}
+        return {name: params[name] for name in (n.removeprefix("backbone.") for n in self.trainable_names)}
 
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:

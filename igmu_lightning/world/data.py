@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -21,7 +20,7 @@ from igmu_lightning.world.concepts import (
     SYNONYMS,
     Scene,
 )
-from igmu_lightning.world.render import render
+from igmu_lightning.world.render import render_tensor
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 ATTRIBUTE_PROBS = (0.5, 0.25, 0.25)  # filled, hollow, outlined
@@ -77,8 +76,7 @@ class WorldScenes(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene, caption, rng = self.scene(index)
-        pixels = render(scene, self.image_size, rng)
-        item = {"image": torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255, "prompt": caption}
+        item = {"image": render_tensor(scene, self.image_size, rng), "prompt": caption}
         for family, classes in FAMILIES.items():
             item[family] = classes.index(scene.label(family))
         if self.family is not None:

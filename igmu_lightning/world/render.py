@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from igmu_lightning.world.concepts import Scene
@@ -88,3 +89,8 @@ def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None)
         outline(colour)
     small = image.resize((size, size), Image.BOX)
     return np.asarray(small, dtype=np.uint8)
+
+
+def render_tensor(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """``render`` as a (3, size, size) float tensor in [0, 1], as datasets and metrics take it."""
+    return torch.from_numpy(render(scene, size, rng).copy()).permute(2, 0, 1).float() / 255
