@@ -29,6 +29,12 @@ def user_error(err: BaseException | None) -> IGMUError | None:
     while err is not None and id(err) not in seen:
         if isinstance(err, IGMUError):
             return err
+        if type(err).__name__ == "ProcessRaisedException":  # a spawned worker's error, as its traceback text
+            lines = [line for line in str(err).splitlines() if line.startswith(SPAWNED)]
+            return IGMUError(lines[-1][len(SPAWNED) :]) if lines else None
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+SPAWNED = f"{IGMUError.__module__}.{IGMUError.__qualname__}: "

@@ -1,13 +1,17 @@
-"""``evaluate.py --config CONFIG [--results_path PATH]``: run an ``Evaluation`` from a YAML config
-(class_path / init_args, as train.py) and write its results JSON atomically."""
+"""``evaluate.py --config CONFIG [--results_path PATH] [--devices N ...]``: run an ``Evaluation``
+from a YAML config (class_path / init_args, as train.py) and write its results JSON atomically.
+Several devices or nodes run through Lightning Fabric: each process makes and scores its share of
+the prompts, the metrics sync across processes, and rank 0 writes the results."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.fabric import Fabric
 from lightning.pytorch import seed_everything
 
 from igmu_lightning.evaluation import Evaluation, results_document, write_results
@@ -21,6 +25,12 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice of the evaluation")
     parser.add_subclass_arguments(Evaluation, "evaluation", required=True, help="what to evaluate, and how")
+    # Where it runs: Lightning Fabric's own launchers and cluster detection (torchrun, SLURM).
+    parser.add_argument("--accelerator", type=str, default="auto", help="cpu / gpu / auto")
+    parser.add_argument("--devices", type=int | str, default=1, help="processes per node (GPUs, or CPU processes)")
+    parser.add_argument("--num_nodes", type=int, default=1, help="nodes (under SLURM or torchrun)")
+    parser.add_argument("--strategy", type=str, default="auto", help="auto / ddp / ddp_spawn, for several devices")
+    parser.add_argument("--precision", type=str, default="32-true", help="32-true / bf16-mixed / 16-mixed")
     return parser
 
 
@@ -51,6 +61,20 @@ def summary_table(methods: dict) -> str:
 
 def main(args: list[str] | None = None) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = sys.argv[1:] if args is None else list(args)
+    config = build_parser().parse_args(args)  # a bad config fails here, before any process starts
+    fabric = Fabric(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+    )
+    return fabric.launch(evaluate, args)
+
+
+def evaluate(fabric: Fabric, args: list[str]) -> Path:
+    """One process's part of the evaluation; every rank returns the same results, rank 0 writes."""
     parser = build_parser()
     config = parser.parse_args(args)
     path = Path(config.results_path) if config.results_path else default_results_path(config)
@@ -59,8 +83,12 @@ def main(args: list[str] | None = None) -> Path:
     resolved.pop("results_path", None)
     seed_everything(config.seed, verbose=False)
     evaluation = parser.instantiate_classes(config).evaluation
-    output = evaluation.run(seed=config.seed)
-    write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods))
-    print(summary_table(output.methods))
-    print(f"results written to {path}")
+    evaluation.device = fabric.device
+    with fabric.autocast():
+        output = evaluation.run(seed=config.seed)
+    if fabric.global_rank == 0:
+        write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods))
+        print(summary_table(output.methods))
+        print(f"results written to {path}")
+    fabric.barrier()
     return path

@@ -69,8 +69,8 @@ def captioned_folder(tmp_path) -> Path:
     return root
 
 
-def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the project's entry points as a user would, in a subprocess."""
+def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of the project's entry points as a user would, in a subprocess (``env``: extra variables)."""
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )

@@ -44,15 +44,15 @@ class WorldEvalCallback(Callback):
         return self.original
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # Rank 0 scores; the others wait at the barrier (prompt sharding comes with multi-GPU eval).
+        # Under DDP every rank makes and scores its share of the prompts; the metrics sync across
+        # ranks and the grid's images are gathered, so rank 0 logs the whole evaluation.
+        was_training = pl_module.training
+        pl_module.eval()
+        output = self.evaluation.compare(self._original(pl_module), [("current", pl_module.backbone)], seed=0)
+        pl_module.train(was_training)
+        self.last = output.methods
         if trainer.is_global_zero:
-            was_training = pl_module.training
-            pl_module.eval()
-            output = self.evaluation.compare(self._original(pl_module), [("current", pl_module.backbone)], seed=0)
-            pl_module.train(was_training)
-            self.last = output.methods
             self._log(trainer, stage, output.methods)
-        trainer.strategy.barrier()
 
     def _log(self, trainer: Trainer, stage: str, methods: dict) -> None:
         scalars = {

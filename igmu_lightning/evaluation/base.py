@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.evaluation.results import exact
 
@@ -15,7 +17,10 @@ class EvaluationOutput:
 
 
 class Evaluation:
-    """Base class of everything ``evaluate.py`` can run."""
+    """Base class of everything ``evaluate.py`` can run. ``device`` is where models and judges go;
+    ``evaluate.py`` sets it to its process's device."""
+
+    device: torch.device = torch.device("cpu")
 
     def run(self, seed: int) -> EvaluationOutput:
         raise NotImplementedError
@@ -34,7 +39,7 @@ class Inventory(Evaluation):
         self.backbone, self.name = backbone, name
 
     def run(self, seed: int) -> EvaluationOutput:
-        model = self.backbone.build()
+        model = self.backbone.build().to(self.device)
         counts = {c: sum(p.numel() for p in getattr(model, c).parameters()) for c in ("unet", "text_encoder", "vae")}
         efficiency = {f"params.{c}": exact(n) for c, n in counts.items()}
         return EvaluationOutput({self.name: {"aspects": {"efficiency": efficiency}}}, {self.name: model.hashes()})

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.distributed import barrier, is_main, share
 from igmu_lightning.evaluation.generation import save_png
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
@@ -76,8 +77,9 @@ class GenerateAndScore(Evaluation):
             for j, prompt in enumerate(prompts)
             for k in range(self.samples)
         ]
-        todo = [job for job in jobs if not job[0].is_file()]
-        for start in tqdm(range(0, len(todo), self.batch_size), desc=f"generating {folder.parent.name}/{folder.name}", unit="batch"):
+        todo = [job for job in jobs[share(len(jobs))] if not job[0].is_file()]  # this rank's share
+        desc = f"generating {folder.parent.name}/{folder.name}"
+        for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, unit="batch", disable=not is_main()):
             chunk = todo[start : start + self.batch_size]
             images = sampler.generate([p for _, p, _ in chunk], [s for _, _, s in chunk]).images
             for (path, _, _), image in zip(chunk, images):
@@ -89,7 +91,7 @@ class GenerateAndScore(Evaluation):
         root = self.out / self.concept
         hashes = {}
         for name, spec in [(self.reference, self.original), *self.methods.items()]:
-            model = spec.build().eval()
+            model = spec.build().to(self.device).eval()
             hashes[name] = model.hashes()
             sampler = Sampler(model, self.settings, batch_size=self.batch_size)
             self._write(sampler, root / "forgot" / name, forget, seed)
@@ -97,5 +99,6 @@ class GenerateAndScore(Evaluation):
                 self._write(sampler, root / "unrelated" / name, retain, seed)
             elif name == self.reference:
                 self._write(sampler, root / "remove_word" / name, retain, seed)
+        barrier()  # every rank's images are on disk before anyone scores the folder
         scored = IGMUFolder(str(self.out), self.concept, self.forget_file, self.task, reference=self.reference, **self.scorer).run(seed)
         return EvaluationOutput(scored.methods, hashes)

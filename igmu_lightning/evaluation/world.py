@@ -23,11 +23,11 @@ WORLD_MODEL = "checkpoints/world/base"
 WORLD_DETECTORS = "checkpoints/world/detectors"
 
 
-def load_world_detectors(folder: str | Path, families: list[str]) -> dict:
+def load_world_detectors(folder: str | Path, families: list[str], device: str | torch.device = "cpu") -> dict:
     folder = Path(folder)
     detectors = {}
     for family in families:
-        detector = load_detector(folder / family)
+        detector = load_detector(folder / family, device)
         if detector.class_names != list(FAMILIES[family]):
             raise IGMUError(f"detector '{folder / family}' has classes {detector.class_names}, expected {list(FAMILIES[family])}")
         detectors[family] = detector
@@ -68,8 +68,8 @@ class WorldFaithfulness(Evaluation):
         self.batch_size, self.name = batch_size, name
 
     def run(self, seed: int) -> EvaluationOutput:
-        model = self.backbone.build().eval()
-        detectors = load_world_detectors(self.detectors, self.families)
+        model = self.backbone.build().to(self.device).eval()
+        detectors = load_world_detectors(self.detectors, self.families, self.device)
         sampler = Sampler(model, self.settings, batch_size=self.batch_size)
         metrics, outcomes = {}, {f: [] for f in self.families}
         jobs = [(f, c) for f in self.families for c in FAMILIES[f]]

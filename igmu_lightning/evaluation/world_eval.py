@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.distributed import gather, is_main, share
 from igmu_lightning.evaluation.results import by_aspect, exact
 from igmu_lightning.evaluation.generation import ImageCache, generate_images, model_fingerprint
 from igmu_lightning.evaluation.tasks import task_rule
@@ -39,6 +40,7 @@ class PromptBatch:
 
     items: list[PromptItem]
     seeds: list[int]
+    start: int = 0  # position of the first item in the whole set (a process holds a part)
 
     @property
     def prompts(self) -> list[str]:
@@ -46,6 +48,12 @@ class PromptBatch:
 
     def labels(self, family: str) -> torch.Tensor:
         return torch.tensor([FAMILIES[family].index(it.scene.label(family)) for it in self.items])
+
+    def part(self, where: slice) -> PromptBatch:
+        return PromptBatch(self.items[where], self.seeds[where], self.start + where.start)
+
+    def positions(self, offset: int = 0) -> torch.Tensor:
+        return torch.arange(len(self.items)) + self.start + offset
 
 
 def flatten_sets(target: str, n_per_class: int, seed: int) -> dict[str, PromptBatch]:
@@ -118,7 +126,8 @@ class WorldEvaluation(Evaluation):
         return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint)
 
     def _score(self, images: dict, refs: dict, sets: dict[str, PromptBatch], seed: int) -> dict:
-        """Every metric of the task table for one model's images (``refs``: the original's)."""
+        """Every metric of the task table for one model's images (``refs``: the original's). Under
+        several processes each holds its share of images; every summary syncs the metric states."""
         t, detectors = self.target, self.detectors
         judge = detectors[t.family]
         word = FAMILIES[t.family].index(t.word)
@@ -154,9 +163,10 @@ class WorldEvaluation(Evaluation):
             distance = FeatureDistance(TimmFeatureMaps(features))
             metrics[f"preservation.feature_distance_{suffix}"] = rate(distance, images[mine], refs[theirs])
         fid = FID(feature=features)
-        for name in ("forget", "unrelated"):
-            fid.update(self._renders(sets[name], seed), real=True)
-            fid.update(images[name], real=False)
+        for k, name in enumerate(("forget", "unrelated")):  # two sets: positions keep the CI layout-free
+            order = sets[name].positions(offset=k * 1_000_000)
+            fid.update(self._renders(sets[name], seed), real=True, order=order)
+            fid.update(images[name], real=False, order=order)
         metrics["quality.fid"] = fid.summary(seed)
         return metrics
 
@@ -167,17 +177,21 @@ class WorldEvaluation(Evaluation):
 
     # --- the evaluation -----------------------------------------------------------------------
     def run(self, seed: int) -> EvaluationOutput:
-        original = self.original.build().eval()
-        built = ((name, spec.build().eval()) for name, spec in self.methods.items())  # one at a time
+        original = self.original.build().to(self.device).eval()
+        built = ((name, spec.build().to(self.device).eval()) for name, spec in self.methods.items())  # one at a time
         return self.compare(original, built, seed, total=len(self.methods))
 
     def compare(self, original: Backbone, models: Iterable[tuple[str, Backbone]], seed: int, total: int | None = None) -> EvaluationOutput:
-        """Score the original model (as "original") and each (name, model) against it."""
-        self.detectors = load_world_detectors(self.detectors_dir, list(FAMILIES))
-        sets = flatten_sets(self.target.name, self.prompts_per_class, seed)
+        """Score the original model (as "original") and each (name, model) against it. Under several
+        processes (DDP) every rank makes and scores its share of each prompt set, and all ranks
+        return the same results."""
+        self.detectors = load_world_detectors(self.detectors_dir, list(FAMILIES), original.device)
+        used = set(self.rule.prompt_sets) | set(self.rule.reference_sets)
+        sets = {n: b.part(share(len(b.items))) for n, b in flatten_sets(self.target.name, self.prompts_per_class, seed).items() if n in used}
         self._image_size = original.image_size
         original_id = model_fingerprint(original)
-        progress = tqdm(total=None if total is None else total + 1, desc=f"evaluating ({self.target.name})", unit="model")
+        total = None if total is None else total + 1
+        progress = tqdm(total=total, desc=f"evaluating ({self.target.name})", unit="model", disable=not is_main())
         refs = {name: self._images(original, original_id, sets[name]) for name in self.rule.reference_sets}
         methods, hashes = {}, {}
         self.samples: dict[str, torch.Tensor] = {}
@@ -191,14 +205,15 @@ class WorldEvaluation(Evaluation):
             images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
             with torch.inference_mode():
                 metrics = self._score(images, refs, sets, seed)
-            count, share = changed_parameters(model, original)
+            count, fraction = changed_parameters(model, original)
             metrics["efficiency.params_changed"] = exact(count)
-            metrics["efficiency.params_changed_share"] = exact(round(share, 8))
+            metrics["efficiency.params_changed_share"] = exact(round(fraction, 8))
             metrics.update(training_cost(model))
             unknown = set(metrics) - set(self.rule.metrics)
             assert not unknown, f"metrics outside the task table: {unknown}"
             methods[name] = {"aspects": by_aspect(metrics)}
-            self.samples[name] = images["forget"][: self.keep_samples]  # same seeds for every model: a grid
+            # the first forget images (same seeds for every model: a grid), from whichever ranks made them
+            self.samples[name] = gather(images["forget"][: self.keep_samples])[: self.keep_samples]
             hashes[name] = model.hashes()
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")

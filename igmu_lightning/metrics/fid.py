@@ -48,7 +48,10 @@ class InceptionFeatures(nn.Module):
 class FID(Metric):
     """Fréchet distance between the features of reference ("real") and generated ("fake") images.
 
-    update(images, real): images (N, 3, H, W) in [0, 1].
+    update(images, real, order=None): images (N, 3, H, W) in [0, 1]; ``order`` (N,) optional
+        positions of the images in the whole evaluation. Given with every update, the features are
+        sorted by it before the bootstrap, so the CI does not depend on how several updates were
+        split across processes (after a sync, states are in rank order).
     feature: a module returning (N, D) features, or an int for torchmetrics' Inception layer.
     """
 
@@ -62,14 +65,32 @@ class FID(Metric):
         self.feature.requires_grad_(False).eval()
         self.add_state("real_features", default=[], dist_reduce_fx="cat")
         self.add_state("fake_features", default=[], dist_reduce_fx="cat")
+        self.add_state("real_order", default=[], dist_reduce_fx="cat")
+        self.add_state("fake_order", default=[], dist_reduce_fx="cat")
 
-    def update(self, images: torch.Tensor, real: bool) -> None:
+    def update(self, images: torch.Tensor, real: bool, order: torch.Tensor | None = None) -> None:
         with torch.no_grad():
             features = self.feature(images.float()).float().flatten(1)
         (self.real_features if real else self.fake_features).append(features)
+        if order is not None:
+            order = torch.as_tensor(order, device=features.device).long().flatten()
+            if len(order) != len(features):
+                raise ValueError(f"{len(features)} images but {len(order)} positions in order")
+            (self.real_order if real else self.fake_order).append(order)
 
     def features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+        """(real, fake) features, each sorted by its ``order`` when every update gave one."""
+        return self._side(self.real_features, self.real_order), self._side(self.fake_features, self.fake_order)
+
+    @staticmethod
+    def _side(features, order) -> torch.Tensor:
+        features = dim_zero_cat(features)
+        order = dim_zero_cat(order) if not isinstance(order, list) or order else torch.zeros(0)
+        if order.numel() == 0:  # no update gave one (after a sync, an empty state is an empty tensor)
+            return features
+        if len(order) != len(features):
+            raise ValueError("give FID.update an order with every update of a side, or with none")
+        return features[order.argsort(stable=True)]
 
     def compute(self) -> torch.Tensor:
         return torch.tensor(frechet_distance(*self.features()))

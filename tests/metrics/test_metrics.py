@@ -54,6 +54,29 @@ def test_fid_metric_with_a_custom_feature_extractor():
     assert result["n"] == 64 and result["ci95"][0] <= result["value"] <= result["ci95"][1] + 1e-6
 
 
+def test_fid_positions_make_the_ci_independent_of_update_order():
+    images = torch.rand(12, 1, 1, 2)
+    in_order, shuffled = FID(feature=nn.Flatten()), FID(feature=nn.Flatten())
+    in_order.update(images, real=True, order=torch.arange(12))
+    in_order.update(images**2, real=False, order=torch.arange(12))
+    for part in (torch.arange(6, 12), torch.arange(0, 6)):  # as two processes' states arrive, reversed
+        shuffled.update(images[part], real=True, order=part)
+        shuffled.update(images[part] ** 2, real=False, order=part)
+    assert shuffled.summary(seed=0, resamples=30) == in_order.summary(seed=0, resamples=30)
+    unordered = FID(feature=nn.Flatten())
+    unordered.update(images[6:], real=True)
+    unordered.update(images[:6], real=True)
+    unordered.update(images[6:] ** 2, real=False)
+    unordered.update(images[:6] ** 2, real=False)
+    assert unordered.summary(seed=0, resamples=30)["ci95"] != in_order.summary(seed=0, resamples=30)["ci95"]
+    mixed = FID(feature=nn.Flatten())
+    mixed.update(images[:6], real=True, order=torch.arange(6))
+    mixed.update(images[6:], real=True)
+    mixed.update(images, real=False)
+    with pytest.raises(ValueError, match="with every update of a side"):
+        mixed.summary(seed=0, resamples=5)
+
+
 def test_pairs_are_matched_by_key_not_by_order():
     left = [("a red circle", 3), ("a blue square", 1), ("a cat", 7)]
     right = [("a cat", 7), ("a red circle", 3), ("a blue square", 1)]  # another listing order

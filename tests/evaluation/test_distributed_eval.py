@@ -1,0 +1,59 @@
+"""``evaluate.py --devices 2``: two CPU processes (ddp_spawn, gloo) each make and score half of
+every prompt set; the synced metrics equal a one-process run on the same prompts and seeds."""
+
+import json
+import math
+
+import pytest
+
+from igmu_lightning.evaluation.distributed import share
+from tests.conftest import ROOT, run_script
+
+CONFIG = "configs/eval/world/style.yaml"
+BASE = str(ROOT / "checkpoints/world/base")
+OTHER = {"sld": {"class_path": "igmu_lightning.algorithms.SafeLatentDiffusion",
+                 "init_args": {"backbone": {"class_path": "igmu_lightning.backbone.Pretrained", "init_args": {"path": BASE}},
+                               "preset": "max", "safety_concept": "striped"}}}  # fmt: skip
+
+
+def evaluate(tmp_path, name: str, *launch: str) -> dict:
+    path = tmp_path / f"{name}.json"
+    result = run_script("evaluate.py", "--config", CONFIG, "--results_path", str(path), "--accelerator", "cpu",
+                        "--evaluation.init_args.prompts_per_class", "2", "--evaluation.init_args.batch_size", "2",
+                        "--evaluation.init_args.sampler.steps", "3", "--evaluation.init_args.cache_dir", str(tmp_path / name),
+                        "--evaluation.init_args.methods", json.dumps(OTHER), *launch, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(path.read_text())
+
+
+def leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, f"{prefix}/{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from leaves(value, f"{prefix}[{i}]")
+    else:
+        yield prefix, tree
+
+
+def test_two_processes_give_the_metrics_of_one(tmp_path):
+    one = evaluate(tmp_path, "one")
+    two = evaluate(tmp_path, "two", "--devices", "2", "--strategy", "ddp_spawn")
+    assert two["run"]["model_hashes"] == one["run"]["model_hashes"]
+    a, b = dict(leaves(one["methods"])), dict(leaves(two["methods"]))
+    assert a.keys() == b.keys() and any(key.endswith("forgetting/target_rate/n") for key in a)
+    for key, value in a.items():
+        assert math.isclose(b[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, value, b[key])
+    # each process wrote its own half of the images to the cache: together, as many as one process made
+    made = lambda name: sorted(p.name for p in (tmp_path / name).rglob("*.png"))  # noqa: E731
+    assert made("two") == made("one") and made("one")
+
+
+def test_a_list_too_short_to_share_is_a_clear_error(monkeypatch):
+    import igmu_lightning.evaluation.distributed as distributed
+
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (1, 4))
+    assert share(10) == slice(2, 5)
+    with pytest.raises(Exception, match="3 prompts cannot be shared among 4 processes"):
+        share(3)
