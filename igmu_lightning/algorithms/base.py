@@ -14,6 +14,7 @@ import torch
 from torch.func import functional_call
 
 from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.modules.base import BackboneModule
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
@@ -32,6 +33,16 @@ class UnlearningModule(BackboneModule):
         unet_params = dict(self.backbone.unet.named_parameters())
         # Only UNet tensors the algorithm trains are kept: the rest of the teacher is the live UNet.
         self.originals = {n: p.detach().clone() for n, p in unet_params.items() if p.requires_grad}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if "fsdp" in type(self.trainer.strategy).__name__.lower():
+            # FSDP re-materialises the sharded weights in its own forward hooks, which would silently
+            # overwrite the originals swapped in for the teacher: its output would be the student's.
+            raise IGMUError(
+                "unlearning algorithms do not run under FSDP (their teacher swaps weights inside the UNet's "
+                "forward): use strategy ddp, an SD v1.x UNet fits on one GPU (configs/trainer/ddp8.yaml)"
+            )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -123,12 +123,17 @@ class WorldEvaluation(Evaluation):
     # --- one model ----------------------------------------------------------------------------
     def _images(self, model: Backbone, fingerprint: str, batch: PromptBatch) -> torch.Tensor:
         sampler = Sampler(model, self.settings, batch_size=self.batch_size)
-        return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint)
+        return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint).to(model.device)
 
     def _score(self, images: dict, refs: dict, sets: dict[str, PromptBatch], seed: int) -> dict:
         """Every metric of the task table for one model's images (``refs``: the original's). Under
         several processes each holds its share of images; every summary syncs the metric states."""
         t, detectors = self.target, self.detectors
+        device = images["forget"].device  # the models', detectors' and metric states' (NCCL syncs CUDA tensors)
+
+        def labels(name: str, family: str) -> torch.Tensor:
+            return sets[name].labels(family).to(device)
+
         judge = detectors[t.family]
         word = FAMILIES[t.family].index(t.word)
         predict = {name: judge.predict(x) for name, x in images.items()}
@@ -139,16 +144,16 @@ class WorldEvaluation(Evaluation):
             return metric.summary(seed)
 
         metrics["forgetting.target_rate"] = rate(ClassRate(word), predict["forget"])
-        metrics["preservation.retain_accuracy"] = rate(LabelAccuracy(), predict["unrelated"], sets["unrelated"].labels(t.family))
-        metrics["preservation.near_accuracy"] = rate(LabelAccuracy(), predict["near"], sets["near"].labels(t.family))
+        metrics["preservation.retain_accuracy"] = rate(LabelAccuracy(), predict["unrelated"], labels("unrelated", t.family))
+        metrics["preservation.near_accuracy"] = rate(LabelAccuracy(), predict["near"], labels("near", t.family))
         metrics["robustness.target_rate"] = rate(ClassRate(word), predict["synonym"])
         if self.rule.subject:
             subject = self.rule.subject
             kept = detectors[subject].predict(images["forget"])
-            metrics["preservation.subject_kept"] = rate(LabelAccuracy(), kept, sets["forget"].labels(subject))
+            metrics["preservation.subject_kept"] = rate(LabelAccuracy(), kept, labels("forget", subject))
         # alignment: the other things the forget prompts asked for are still drawn
         asked = [f for f in ("shape", "colour", "style") if f != t.family]
-        hits = torch.stack([detectors[f].predict(images["forget"]) == sets["forget"].labels(f) for f in asked]).float().mean(0)
+        hits = torch.stack([detectors[f].predict(images["forget"]) == labels("forget", f) for f in asked]).float().mean(0)
         metrics["alignment.attribute_rate"] = rate(SampleRate(), hits)
         # image quality and closeness to the original, in the shape detector's feature space
         features = detectors["shape"].features
@@ -165,7 +170,7 @@ class WorldEvaluation(Evaluation):
         fid = FID(feature=features)
         for k, name in enumerate(("forget", "unrelated")):  # two sets: positions keep the CI layout-free
             order = sets[name].positions(offset=k * 1_000_000)
-            fid.update(self._renders(sets[name], seed), real=True, order=order)
+            fid.update(self._renders(sets[name], seed).to(device), real=True, order=order)
             fid.update(images[name], real=False, order=order)
         metrics["quality.fid"] = fid.summary(seed)
         return metrics
@@ -213,7 +218,7 @@ class WorldEvaluation(Evaluation):
             assert not unknown, f"metrics outside the task table: {unknown}"
             methods[name] = {"aspects": by_aspect(metrics)}
             # the first forget images (same seeds for every model: a grid), from whichever ranks made them
-            self.samples[name] = gather(images["forget"][: self.keep_samples])[: self.keep_samples]
+            self.samples[name] = gather(images["forget"][: self.keep_samples])[: self.keep_samples].cpu()
             hashes[name] = model.hashes()
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")

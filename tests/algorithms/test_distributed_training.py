@@ -1,5 +1,8 @@
 """An unlearning algorithm trains under DDP (ddp_spawn, 2 CPU processes, gloo) and in bf16-mixed."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from lightning.pytorch import Trainer
 
@@ -32,3 +35,16 @@ def test_bf16_mixed_keeps_the_loss_close_to_fp32(tiny_spec):
             module.log = lambda *a, **k: None
             losses[name] = module.training_step(batch, 0).float()
     assert torch.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"] + 1e-4
+
+
+def test_fsdp_is_refused_with_the_reason_and_the_fix(tiny_spec):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from igmu_lightning.errors import IGMUError
+
+    module = ESD(tiny_spec, concept="a cat")
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())  # Lightning builds FSDP only on GPUs
+    with pytest.raises(IGMUError, match="do not run under FSDP.*use strategy ddp"):
+        module.setup("fit")
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace())
+    module.setup("fit")

@@ -19,3 +19,19 @@ def test_training_overhead_benchmark_runs_both_loops_on_the_tiny_model():
     assert result.returncode == 0, result.stderr[-2000:]
     plain, fit = (float(x) for x in re.search(r"plain loop: ([0-9.]+) s/step\s+Trainer.fit: ([0-9.]+) s/step", result.stdout).groups())
     assert plain > 0 and fit > 0 and re.search(r"overhead ratio \(Lightning / plain\): [0-9.]+", result.stdout)
+
+
+def test_generation_benchmark_compares_both_loops_on_the_same_images():
+    result = run_script("benchmarks/generation.py", "--model", "tiny", "--images", "3", "--batch", "2", "--steps", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(re.search(r"max \|difference\| ([0-9.e+-]+)", result.stdout).group(1)) < 1e-4  # same model, seeds, steps
+    assert re.search(r"labels agree on 3/3", result.stdout)
+    assert float(re.search(r"speed-up \(batched / per-image pipeline\): ([0-9.]+)x", result.stdout).group(1)) > 0
+    assert float(re.search(r"sampler / bare UNet ratio: ([0-9.]+)", result.stdout).group(1)) > 0
+
+
+def test_evaluation_cost_benchmark_runs_a_full_world_evaluation():
+    result = run_script("benchmarks/evaluation_cost.py", "--model", "sld", "--prompts_per_class", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    cold, warm = (float(x) for x in re.findall(r": ([0-9.]+) s\n", result.stdout))
+    assert 0 < warm < cold and re.search(r"\d+ images generated", result.stdout)
