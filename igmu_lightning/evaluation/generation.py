@@ -59,6 +59,13 @@ def save_png(path: Path, image: torch.Tensor) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def autocast_dtype(device: torch.device) -> str | None:
+    """The dtype autocast runs at on ``device`` right now (``evaluate.py --precision bf16-mixed``)."""
+    if torch.is_autocast_enabled(device.type):
+        return str(torch.get_autocast_dtype(device.type))
+    return None
+
+
 def generate_images(
     sampler: Sampler, prompts: list[str], seeds: list[int], cache: ImageCache | None = None, model: str | None = None
 ) -> torch.Tensor:
@@ -67,7 +74,11 @@ def generate_images(
     quantise = lambda x: to_uint8(x).float() / 255  # noqa: E731
     if cache is None:
         return quantise(sampler.generate(prompts, seeds).images)
-    folder = cache.folder(model or model_fingerprint(sampler.backbone), asdict(sampler.settings))
+    settings = asdict(sampler.settings)
+    autocast = autocast_dtype(sampler.backbone.device)
+    if autocast is not None:  # mixed precision changes the images: they get a folder of their own
+        settings["autocast"] = autocast
+    folder = cache.folder(model or model_fingerprint(sampler.backbone), settings)
     found = [cache.load(folder, p, s) for p, s in zip(prompts, seeds)]
     todo = [i for i, image in enumerate(found) if image is None]
     if todo:
