@@ -5,6 +5,7 @@ the prompts, the metrics sync across processes, and rank 0 writes the results.""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.fabric import Fabric
 from lightning.pytorch import seed_everything
 
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation import Evaluation, results_document, write_results
 
 
@@ -70,6 +72,13 @@ def main(args: list[str] | None = None) -> Path:
         strategy=config.strategy,
         precision=config.precision,
     )
+    module, _, name = config.evaluation.class_path.rpartition(".")  # imported already, by the parser
+    kind = getattr(importlib.import_module(module), name)
+    if fabric.world_size > 1 and not kind.shares_work:
+        raise IGMUError(
+            f"{kind.__name__} runs in one process ({fabric.world_size} were asked for): drop --devices / --num_nodes; "
+            "WorldEvaluation shares its prompts across processes"
+        )
     return fabric.launch(evaluate, args)
 
 

@@ -18,9 +18,12 @@ class EvaluationOutput:
 
 class Evaluation:
     """Base class of everything ``evaluate.py`` can run. ``device`` is where models and judges go;
-    ``evaluate.py`` sets it to its process's device."""
+    ``evaluate.py`` sets it to its process's device. ``shares_work``: the evaluation splits its
+    prompts across processes (``evaluation.distributed``); the others run in one process only,
+    since their metrics would count every sample once per process when they sync."""
 
     device: torch.device = torch.device("cpu")
+    shares_work: bool = False
 
     def run(self, seed: int) -> EvaluationOutput:
         raise NotImplementedError

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
-from igmu_lightning.evaluation.distributed import barrier, is_main, share
 from igmu_lightning.evaluation.generation import save_png
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
@@ -77,9 +76,9 @@ class GenerateAndScore(Evaluation):
             for j, prompt in enumerate(prompts)
             for k in range(self.samples)
         ]
-        todo = [job for job in jobs[share(len(jobs))] if not job[0].is_file()]  # this rank's share
+        todo = [job for job in jobs if not job[0].is_file()]
         desc = f"generating {folder.parent.name}/{folder.name}"
-        for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, unit="batch", disable=not is_main()):
+        for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, unit="batch"):
             chunk = todo[start : start + self.batch_size]
             images = sampler.generate([p for _, p, _ in chunk], [s for _, _, s in chunk]).images
             for (path, _, _), image in zip(chunk, images):
@@ -99,6 +98,5 @@ class GenerateAndScore(Evaluation):
                 self._write(sampler, root / "unrelated" / name, retain, seed)
             elif name == self.reference:
                 self._write(sampler, root / "remove_word" / name, retain, seed)
-        barrier()  # every rank's images are on disk before anyone scores the folder
         scored = IGMUFolder(str(self.out), self.concept, self.forget_file, self.task, reference=self.reference, **self.scorer).run(seed)
         return EvaluationOutput(scored.methods, hashes)

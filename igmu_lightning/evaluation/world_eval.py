@@ -95,6 +95,8 @@ class WorldEvaluation(Evaluation):
         cache_dir: image cache (None: no cache).
     """
 
+    shares_work = True
+
     def __init__(
         self,
         target: str = "object",

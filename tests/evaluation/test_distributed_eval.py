@@ -68,3 +68,12 @@ def test_a_bad_model_path_in_a_spawned_process_is_a_one_line_error(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model path") and "gone" in last
     assert not (tmp_path / "r.json").exists()
+
+
+def test_an_evaluation_that_does_not_share_its_work_refuses_several_processes(tiny_folder, tmp_path):
+    result = run_script("evaluate.py", "--config", "configs/eval/inventory.yaml", "--results_path", str(tmp_path / "r.json"),
+                        "--evaluation.init_args.backbone.init_args.path", str(tiny_folder),
+                        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_spawn")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Inventory runs in one process (2 were asked for)")
+    assert not (tmp_path / "r.json").exists()
