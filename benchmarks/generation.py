@@ -92,8 +92,8 @@ def main() -> None:
     spec = TinySD(seed=0) if args.model == "tiny" else Pretrained(args.model, dtype=args.dtype)
     backbone = spec.build().to(device).eval()
     detector = load_detector(args.detector, device)
-    items = [it for cls in prompt_sets("object", n_per_class=args.images).values() for it in cls.values() for it in it]
-    prompts = [it.prompt for it in items][: args.images]
+    sets = prompt_sets("object", n_per_class=args.images).values()
+    prompts = [item.prompt for classes in sets for items in classes.values() for item in items][: args.images]
     prompts += prompts[-1:] * (args.images - len(prompts))
     seeds = list(range(args.images))
     settings = SamplerSettings(steps=args.steps)

@@ -10,6 +10,10 @@ class IGMUError(Exception):
     """A mistake in what the user handed us (a path, a config value, a file); never a bug."""
 
 
+# How an IGMUError raised in a spawned worker process starts its line in the parent's exception text.
+SPAWNED = f"{IGMUError.__module__}.{IGMUError.__qualname__}: "
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a command-line ``main``; an ``IGMUError`` becomes ``error: <message>`` and exit code 2."""
     try:
@@ -35,6 +39,3 @@ def user_error(err: BaseException | None) -> IGMUError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
-SPAWNED = f"{IGMUError.__module__}.{IGMUError.__qualname__}: "

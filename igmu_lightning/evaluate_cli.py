@@ -1,7 +1,8 @@
 """``evaluate.py --config CONFIG [--results_path PATH] [--devices N ...]``: run an ``Evaluation``
 from a YAML config (class_path / init_args, as train.py) and write its results JSON atomically.
-Several devices or nodes run through Lightning Fabric: each process makes and scores its share of
-the prompts, the metrics sync across processes, and rank 0 writes the results."""
+Several devices or nodes run through Lightning Fabric, for evaluations that share their work (the
+world evaluation): each process makes and scores its share of the prompts, the metrics sync across
+processes, and rank 0 writes the results."""
 
 from __future__ import annotations
 
