@@ -1,8 +1,8 @@
 """``evaluate.py --config CONFIG [--results_path PATH] [--devices N ...]``: run an ``Evaluation``
 from a YAML config (class_path / init_args, as train.py) and write its results JSON atomically.
-Several devices or nodes run through Lightning Fabric, for evaluations that share their work (the
-world evaluation): each process makes and scores its share of the prompts, the metrics sync across
-processes, and rank 0 writes the results."""
+Several devices or nodes run through Lightning Fabric, for evaluations that share their work (world
+evaluation, IGMU-folder scoring, generate-and-score): each process makes and scores its share of
+the prompts or images, the metrics sync across processes, and rank 0 writes the results."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def main(args: list[str] | None = None) -> Path:
     if fabric.world_size > 1 and not kind.shares_work:
         raise IGMUError(
             f"{kind.__name__} runs in one process ({fabric.world_size} were asked for): drop --devices / --num_nodes; "
-            "WorldEvaluation shares its prompts across processes"
+            "WorldEvaluation, IGMUFolder and GenerateAndScore share their work across processes"
         )
     return fabric.launch(evaluate, args)
 

@@ -40,3 +40,9 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     if dist.get_backend() == "nccl" and device.type != "cuda":
         tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
     return torch.cat(gather_all_tensors(tensor.contiguous())).to(device)
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until all shares of a folder are written before it is read)."""
+    if rank_and_world()[1] > 1:
+        dist.barrier()

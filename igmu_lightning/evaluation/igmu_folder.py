@@ -4,7 +4,9 @@
 
 i = class index in the prompt file's order, j = prompt index, k = sample index; ``remove_word``
 exists for the original model (``ORG``) only. Every method folder found is scored; images of two
-methods are paired by their relative path (same class, prompt and sample), never by list order."""
+methods are paired by their relative path (same class, prompt and sample), never by list order.
+Under several processes (``evaluate.py --devices N``) each scores a contiguous share of every
+image list and the metric states sync, so the numbers equal a one-process run."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.data.labelled_folder import IMAGE_SUFFIXES
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.distributed import is_main, share
 from igmu_lightning.evaluation.judges import JudgeSpec, feature_extractor
 from igmu_lightning.evaluation.results import by_aspect
 from igmu_lightning.metrics import ClassRate, SampleRate
@@ -67,6 +71,11 @@ def check_names(files: dict[str, Path], prompts: list[list[str]]) -> None:
             raise IGMUError(f"image '{path}' names prompt {j} of class {i}, which the prompt file does not have")
 
 
+def own_share(items: list) -> list:
+    """This process's contiguous share of a sorted list of images (all of it in one process)."""
+    return items[share(len(items), "images")]
+
+
 def files_hash(concept_folder: Path, method: str) -> str:
     """SHA-256 over the relative paths and bytes of every image of one method."""
     digest = hashlib.sha256()
@@ -92,6 +101,8 @@ class IGMUFolder(Evaluation):
     stripped_prompts: IGMU's ``retain.json`` holding, index for index, the forget prompts with the
         concept words removed (nudity, style); CSDR scores both models' images against them.
     """
+
+    shares_work = True
 
     def __init__(
         self,
@@ -120,11 +131,12 @@ class IGMUFolder(Evaluation):
         return list(read_prompt_file(self.prompts_file, self.task).values())
 
     def _load(self, files: list[Path]) -> torch.Tensor:
-        return torch.stack([load_image(p) for p in files])
+        return torch.stack([load_image(p) for p in files]).to(self.device)
 
     def _predict(self, judge, files: list[Path]) -> torch.Tensor:
         out = [judge.predict(self._load(files[i : i + self.batch_size])) for i in range(0, len(files), self.batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        # on the metrics' device: NCCL syncs CUDA states only, and NudeNet answers on the CPU
+        return torch.cat(out).to(self.device) if out else torch.zeros(0, dtype=torch.long, device=self.device)
 
     def run(self, seed: int) -> EvaluationOutput:
         prompts = self._prompts()
@@ -135,38 +147,44 @@ class IGMUFolder(Evaluation):
         if not methods:
             raise IGMUError(f"'{forgot}' holds no method folders")
         judge = self.judge_spec.build()
+        if isinstance(judge, nn.Module):
+            judge.to(self.device)
         if self.target not in judge.class_names:
             raise IGMUError(f"target '{self.target}' is not a class of the judge ({', '.join(judge.class_names)})")
         target = judge.class_names.index(self.target)
-        fid_net = feature_extractor(self.fid_features)
-        distance_net = TimmFeatureMaps(feature_extractor(self.distance_features)) if self.distance_features else None
-        scorer = ClipScorer(self.clip) if self.clip else None
+        fid_net = feature_extractor(self.fid_features).to(self.device)
+        distance_net = None
+        if self.distance_features:
+            distance_net = TimmFeatureMaps(feature_extractor(self.distance_features)).to(self.device)
+        scorer = ClipScorer(self.clip).to(self.device) if self.clip else None
         stripped = list(read_prompt_file(self.stripped_file, self.task).values()) if self.clip else []
         removed = list_images(self.folder / "remove_word" / self.reference)
         unrelated_ref = list_images(self.folder / "unrelated" / self.reference)
         results, hashes = {}, {}
-        for method in tqdm(methods, desc="scoring methods", unit="method"):
+        for method in tqdm(methods, desc="scoring methods", unit="method", disable=not is_main()):
             forget_files = list_images(forgot / method)
             check_names(forget_files, prompts)
             metrics = {}
             rate = ClassRate(target)
-            rate.update(self._predict(judge, list(forget_files.values())))
+            rate.update(self._predict(judge, own_share(list(forget_files.values()))))
             metrics["forgetting.target_rate"] = rate.summary(seed)
             unrelated = list_images(self.folder / "unrelated" / method)
             if unrelated:
                 kept = SampleRate()
-                kept.update(self._retained(judge, target, unrelated))
+                kept.update(self._retained(judge, target, own_share(list(unrelated.items()))))
                 metrics["preservation.retain_accuracy"] = kept.summary(seed)
             for suffix, mine, theirs in (("remove_word", forget_files, removed), ("retain", unrelated, unrelated_ref)):
                 if not mine or not theirs or (suffix == "retain" and method == self.reference):
                     continue
                 keys_m, keys_t = sorted(mine), sorted(theirs)
                 pairs = match_pairs(keys_m, keys_t)
-                ours = self._load([mine[keys_m[i]] for i, _ in pairs])
-                refs = self._load([theirs[keys_t[j]] for _, j in pairs])
+                part = share(len(pairs), "images")
+                ours = self._load([mine[keys_m[i]] for i, _ in pairs[part]])
+                refs = self._load([theirs[keys_t[j]] for _, j in pairs[part]])
+                order = torch.arange(part.start, part.stop)  # positions keep the bootstrap split-free
                 fid = FID(feature=fid_net)
-                fid.update(refs, real=True)
-                fid.update(ours, real=False)
+                fid.update(refs, real=True, order=order)
+                fid.update(ours, real=False, order=order)
                 metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
                 if distance_net is not None:
                     distance = FeatureDistance(distance_net)
@@ -175,7 +193,8 @@ class IGMUFolder(Evaluation):
             if scorer is not None and method != self.reference:
                 metrics["alignment.csdr"] = self._csdr(scorer, stripped, forgot, method, seed)
             results[method] = {"aspects": by_aspect(metrics)}
-            hashes[method] = {"images": files_hash(self.folder, method)}
+            if is_main():  # the one process that writes the results
+                hashes[method] = {"images": files_hash(self.folder, method)}
         return EvaluationOutput(results, hashes)
 
     def _csdr(self, scorer: ClipScorer, stripped: list[list[str]], forgot: Path, method: str, seed: int) -> dict:
@@ -186,6 +205,7 @@ class IGMUFolder(Evaluation):
         missing = sorted(set(keys) - set(theirs))
         if missing:
             raise IGMUError(f"{len(missing)} images of {method} have no {self.reference} image of the same name, e.g. '{missing[0]}'")
+        keys = own_share(keys)
         metric = CSDR(scorer)
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
@@ -196,13 +216,13 @@ class IGMUFolder(Evaluation):
             metric.update(self._load([theirs[k] for k in chunk]), self._load([ours[k] for k in chunk]), prompts)
         return metric.summary(seed)
 
-    def _retained(self, judge, target: int, files: dict[str, Path]) -> torch.Tensor:
-        """Per unrelated image: its class folder's label when the judge knows that class, else
-        "anything but the target" (binary judges such as NudeNet)."""
-        keys = list(files)
-        predictions = self._predict(judge, [files[k] for k in keys])
+    def _retained(self, judge, target: int, files: list[tuple[str, Path]]) -> torch.Tensor:
+        """Per unrelated image (relative key, file): its class folder's label when the judge knows
+        that class, else "anything but the target" (binary judges such as NudeNet)."""
+        keys = [key for key, _ in files]
+        predictions = self._predict(judge, [path for _, path in files])
         hits = []
         for key, predicted in zip(keys, predictions.tolist()):
             label = Path(key).parent.name
             hits.append(predicted == judge.class_names.index(label) if label in judge.class_names else predicted != target)
-        return torch.tensor(hits, dtype=torch.float32)
+        return torch.tensor(hits, dtype=torch.float32, device=self.device)

@@ -6,7 +6,8 @@ elsewhere: the SD-scale path of ``evaluate.py`` for diffusers folders and run ch
     <out>/<Concept>/unrelated/<METHOD>/<Class>/i_j_k.png      every model, unrelated prompts
 
 Seeds depend only on (i, j, k), so every model draws each prompt from the same noise, and an
-image already on disk is not generated again (an interrupted run resumes where it stopped)."""
+image already on disk is not generated again (an interrupted run resumes where it stopped).
+Under several processes each writes a contiguous share of every folder, then all score together."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from tqdm.auto import tqdm
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.distributed import barrier, is_main
 from igmu_lightning.evaluation.generation import save_png
-from igmu_lightning.evaluation.igmu_folder import IGMUFolder, read_prompt_file
+from igmu_lightning.evaluation.igmu_folder import IGMUFolder, own_share, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
@@ -34,6 +36,8 @@ class GenerateAndScore(Evaluation):
     judge, target, fid_features, distance_features, clip: as ``IGMUFolder``.
     samples_per_prompt: k in i_j_k.
     """
+
+    shares_work = True
 
     def __init__(
         self,
@@ -76,9 +80,9 @@ class GenerateAndScore(Evaluation):
             for j, prompt in enumerate(prompts)
             for k in range(self.samples)
         ]
-        todo = [job for job in jobs if not job[0].is_file()]
+        todo = [job for job in own_share(jobs) if not job[0].is_file()]
         desc = f"generating {folder.parent.name}/{folder.name}"
-        for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, unit="batch"):
+        for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, unit="batch", disable=not is_main()):
             chunk = todo[start : start + self.batch_size]
             images = sampler.generate([p for _, p, _ in chunk], [s for _, _, s in chunk]).images
             for (path, _, _), image in zip(chunk, images):
@@ -98,5 +102,10 @@ class GenerateAndScore(Evaluation):
                 self._write(sampler, root / "unrelated" / name, retain, seed)
             elif name == self.reference:
                 self._write(sampler, root / "remove_word" / name, retain, seed)
-        scored = IGMUFolder(str(self.out), self.concept, self.forget_file, self.task, reference=self.reference, **self.scorer).run(seed)
+        barrier()  # every share of every folder is on disk before any process scores them
+        scorer = IGMUFolder(
+            str(self.out), self.concept, self.forget_file, self.task, reference=self.reference, **self.scorer
+        )
+        scorer.device = self.device
+        scored = scorer.run(seed)
         return EvaluationOutput(scored.methods, hashes)

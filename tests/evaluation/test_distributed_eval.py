@@ -77,3 +77,70 @@ def test_an_evaluation_that_does_not_share_its_work_refuses_several_processes(ti
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: Inventory runs in one process (2 were asked for)")
     assert not (tmp_path / "r.json").exists()
+
+
+def run_config(tmp_path, name: str, evaluation: dict, *launch: str) -> dict:
+    config, path = tmp_path / f"{name}.yaml", tmp_path / f"{name}.json"
+    config.write_text(json.dumps({"seed": 0, "evaluation": evaluation}))  # JSON is YAML
+    result = run_script("evaluate.py", "--config", str(config), "--results_path", str(path), "--accelerator", "cpu",
+                        *launch, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(path.read_text())
+
+
+def assert_same_numbers(one: dict, two: dict) -> None:
+    a, b = dict(leaves(one["methods"])), dict(leaves(two["methods"]))
+    assert a.keys() == b.keys() and any(key.endswith("forgetting/target_rate/n") for key in a)
+    for key, value in a.items():
+        assert math.isclose(b[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, value, b[key])
+
+
+def test_two_processes_score_an_igmu_folder_as_one(tmp_path):
+    from tests.evaluation.test_igmu_folder import SHAPE, draw
+    from tests.metrics.test_metrics import build_tiny_clip
+
+    root = tmp_path / "images"
+    for j in range(5):  # an odd count: the two shares differ in size
+        draw(root / "Triangle/forgot/ORG/triangle" / f"0_{j}_0.png", "triangle", j)
+        draw(root / "Triangle/forgot/ESD/triangle" / f"0_{j}_0.png", "square" if j % 2 else "triangle", j)
+        draw(root / "Triangle/unrelated/ORG/circle" / f"0_{j}_0.png", "circle", 100 + j)
+        draw(root / "Triangle/unrelated/ESD/circle" / f"0_{j}_0.png", "circle" if j else "cross", 100 + j)
+    forgot, stripped = tmp_path / "forgot.json", tmp_path / "retain.json"
+    forgot.write_text(json.dumps({"object_triangle": {"triangle": [f"a red triangle {j}" for j in range(5)]}}))
+    stripped.write_text(json.dumps({"object_triangle": {"triangle": [f"a red shape {j}" for j in range(5)]}}))
+    evaluation = {"class_path": "igmu_lightning.evaluation.igmu_folder.IGMUFolder",
+                  "init_args": {"root": str(root), "concept": "Triangle", "prompts": str(forgot), "task": "object_triangle",
+                                "judge": {"class_path": "igmu_lightning.evaluation.judges.SavedDetector", "init_args": {"path": SHAPE}},
+                                "target": "triangle", "fid_features": SHAPE, "distance_features": SHAPE,
+                                "clip": str(build_tiny_clip(tmp_path / "clip")), "stripped_prompts": str(stripped), "batch_size": 2}}  # fmt: skip
+    one = run_config(tmp_path, "one", evaluation)
+    two = run_config(tmp_path, "two", evaluation, "--devices", "2", "--strategy", "ddp_spawn")
+    assert_same_numbers(one, two)
+    esd = two["methods"]["ESD"]["aspects"]
+    assert esd["forgetting"]["target_rate"]["n"] == 5 and esd["alignment"]["csdr"]["n"] == 5
+    assert esd["preservation"]["retain_accuracy"]["value"] == 0.8  # the cross among 5 circles, seen once
+    assert two["run"]["model_hashes"] == one["run"]["model_hashes"] and two["run"]["model_hashes"]["ESD"]["images"]
+
+
+def test_two_processes_generate_and_score_as_one(tmp_path):
+    from tests.evaluation.test_igmu_folder import SHAPE
+
+    forget, retain = tmp_path / "forgot.json", tmp_path / "retain.json"
+    forget.write_text(json.dumps({"attribute_hollow": {"circle": [f"a hollow red circle {j}" for j in range(3)]}}))
+    retain.write_text(json.dumps({"attribute_hollow": {"circle": [f"a red circle {j}" for j in range(3)]}}))
+    tiny = lambda seed: {"class_path": "igmu_lightning.backbone.TinySD", "init_args": {"seed": seed, "image_size": 32}}  # noqa: E731
+
+    def evaluation(out: str) -> dict:
+        return {"class_path": "igmu_lightning.evaluation.igmu_generate.GenerateAndScore",
+                "init_args": {"methods": {"other": tiny(3)}, "original": tiny(0), "out": str(tmp_path / out),
+                              "concept": "Hollow", "task": "attribute_hollow", "forget_prompts": str(forget),
+                              "retain_prompts": str(retain), "target": "circle", "samples_per_prompt": 1, "batch_size": 2,
+                              "judge": {"class_path": "igmu_lightning.evaluation.judges.SavedDetector", "init_args": {"path": SHAPE}},
+                              "sampler": {"steps": 2}, "fid_features": SHAPE, "distance_features": SHAPE}}  # fmt: skip
+
+    one = run_config(tmp_path, "one", evaluation("out1"))
+    two = run_config(tmp_path, "two", evaluation("out2"), "--devices", "2", "--strategy", "ddp_spawn")
+    assert_same_numbers(one, two)
+    files = lambda out: {p.relative_to(tmp_path / out): p.read_bytes() for p in (tmp_path / out).rglob("*.png")}  # noqa: E731
+    assert files("out2") == files("out1") and len(files("out1")) == 9  # 3 forget per model + 3 remove_word
+    assert two["run"]["model_hashes"] == one["run"]["model_hashes"]
