@@ -5,7 +5,8 @@ Fine-tune the model so that a target prompt predicts what its anchor prompt pred
 with x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, t ~ U{0..999}, x0 an anchor image the frozen model made
 from anchor prompt p (25 DDIM steps, CFG 6, eta 1; for nudity the target is the negative prompt),
 c its embedding and c* that of the target prompt derived from p. The anchor prediction comes from
-the same trainable UNet under no_grad, not from a frozen copy. The optional prior term (``prior_weight``,
+the same trainable UNet under no_grad, not from a frozen copy (``loss: noise``, the official code's
+other ``loss_type_reverse``, uses the anchor image's own noise eps instead). The optional prior term (``prior_weight``,
 1 in the official code) is the plain diffusion loss on other anchor images with their own prompts.
 Target prompts: ``object`` replaces the anchor word ("a red square" -> "a red triangle"); ``style``
 fills "{p}, in the style of {t}" or "in {t}'s style, {p}" (odds 1 : 2, as the official code).
@@ -64,7 +65,10 @@ class ConceptAblation(UnlearningModule):
     negative_prompt: for the anchor images (nudity: the target, so that anchors are clothed).
     prior_weight: weight of the prior term; 0 leaves it out (no extra UNet batch).
     hflip: flip anchor images at random (the official style and object recipes).
-    trainable: presets or regexes: ``xattn_kv`` (the official "cross-attn"), ``attn`` (nudity), ``unet``.
+    trainable: presets or regexes: ``xattn_kv`` (the official "cross-attn"), ``attn`` (nudity), ``unet``
+        ("full-weight"), ``embedding`` (the official "embedding" group: only the target words' rows
+        of the token-embedding table learn; target and prior prompts are encoded with gradients).
+    loss: ``model`` (the default "model-based" target, the anchor prompt's prediction) or ``noise``.
     lr: the effective AdamW learning rate. The official ``--scale_lr`` multiplies its CLI value by
         batch size x GPUs (x gradient accumulation, x2 with the prior term): 2e-6 x 4 x 2 = 1.6e-5.
     weight_decay: AdamW weight decay (1e-2). Clip gradients at 1 with the trainer's gradient_clip_val.
@@ -85,6 +89,7 @@ class ConceptAblation(UnlearningModule):
         prior_weight: float = 0.0,
         hflip: bool = False,
         trainable: list[str] | None = None,
+        loss: Literal["model", "noise"] = "model",
         lr: float = 1.6e-5,
         weight_decay: float = 1e-2,
         generation_batch_size: int = 16,
@@ -97,6 +102,8 @@ class ConceptAblation(UnlearningModule):
             raise IGMUError("ConceptAblation needs a non-empty target concept")
         if mode not in ("object", "style"):
             raise IGMUError(f"unknown ConceptAblation mode '{mode}': choose object or style")
+        if loss not in ("model", "noise"):
+            raise IGMUError(f"unknown ConceptAblation loss '{loss}': choose model (the official default) or noise")
         if images_per_prompt < 1 or generation_batch_size < 1 or prior_weight < 0:
             raise IGMUError("images_per_prompt and generation_batch_size must be >= 1 and prior_weight >= 0")
         super().__init__(backbone, trainable or ["xattn_kv"], lr, export_dir)
@@ -105,7 +112,8 @@ class ConceptAblation(UnlearningModule):
         self.anchor_words = [anchor] if isinstance(anchor, str) else list(anchor or [])
         self.style_templates = list(style_templates or STYLE_TEMPLATES)
         self.images_per_prompt, self.anchor_dir, self.hflip = images_per_prompt, Path(anchor_dir), hflip
-        self.prior_weight, self.weight_decay = prior_weight, weight_decay
+        self.prior_weight, self.weight_decay, self.loss = prior_weight, weight_decay, loss
+        self.trains_text = any(name.startswith("backbone.text_encoder.") for name in self.trainable_names)
         self.generation_batch_size = generation_batch_size
         self.sampling = replace(ANCHOR_SAMPLING, negative_prompt=negative_prompt)
         if mode == "object" and not [w for w in self.anchor_words if w.strip()]:
@@ -133,8 +141,11 @@ class ConceptAblation(UnlearningModule):
         """(total, ablation term, prior term or None) for clean anchor latents at timesteps t."""
         unet, q = self.backbone.unet, self.backbone.noise_scheduler.add_noise
         x_t = q(latents, noise, t)
-        with torch.no_grad():  # the same trainable UNet, as a stop-gradient target
-            anchor_eps = unet(x_t, t, encoder_hidden_states=c_anchor).sample
+        if self.loss == "noise":
+            anchor_eps = noise
+        else:
+            with torch.no_grad():  # the same trainable UNet, as a stop-gradient target
+                anchor_eps = unet(x_t, t, encoder_hidden_states=c_anchor).sample
         x, times, context = x_t, t, c_target
         if prior is not None:  # one UNet call for both terms
             x, times = torch.cat([x_t, q(prior.latents, prior.noise, prior.t)]), torch.cat([t, prior.t])
@@ -151,13 +162,15 @@ class ConceptAblation(UnlearningModule):
         latents, prompts = self.draw(n)
         picks = torch.randint(len(self.style_templates), (n,), generator=self._rng).tolist()
         targets = [self.target_prompt(p, k) for p, k in zip(prompts, picks)]
-        prior = None
+        prior, encode = None, self.backbone.encode_prompts
         with torch.no_grad():
-            c_anchor, c_target = self.backbone.encode_prompts(prompts + targets).chunk(2)
+            c_anchor, c_target = encode(prompts + targets).chunk(2)
+        with torch.set_grad_enabled(self.trains_text):  # the embedding group trains through the text encoder
+            if self.trains_text:
+                c_target = encode(targets)
             if self.prior_weight > 0:
                 prior_latents, prior_prompts = self.draw(n)
-                prior_context = self.backbone.encode_prompts(prior_prompts)
-                prior = Prior(prior_latents, prior_context, *self.noise_for(prior_latents))
+                prior = Prior(prior_latents, encode(prior_prompts), *self.noise_for(prior_latents))
         loss, ablation, prior_loss = self.ablation_loss(latents, c_anchor, c_target, *self.noise_for(latents), prior)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/ablation_loss", ablation, batch_size=n)
@@ -166,7 +179,27 @@ class ConceptAblation(UnlearningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = self.trainable_parameters()
+        table = self._embedding_table()
+        groups = [{"params": [p for p in params if p is not table]}]
+        if table is not None:
+            # Only the target words' rows get gradients (the official code zeroes the rest). Its AdamW
+            # decay still shrank every other token's row; ours exempts the table, so they stay exact.
+            table.register_hook(lambda grad: grad * self._target_rows(grad))
+            groups.append({"params": [table], "weight_decay": 0.0})
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay)
+
+    def _embedding_table(self) -> torch.nn.Parameter | None:
+        table = self.backbone.text_encoder.get_input_embeddings().weight
+        return table if table.requires_grad else None
+
+    def _target_rows(self, grad: torch.Tensor) -> torch.Tensor:
+        """(vocabulary, 1) mask of the target words' tokens."""
+        words = self.target.replace("{}", " ")
+        ids = self.backbone.tokenizer(words, add_special_tokens=False).input_ids
+        mask = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
+        mask[ids] = 1
+        return mask
 
     # --- anchor images -------------------------------------------------------------------------
     def on_fit_start(self) -> None:

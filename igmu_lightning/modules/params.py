@@ -18,6 +18,7 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "selfattn": (r"^unet\..*\.attn1\.", None),
     "attn": (r"^unet\..*\.attn[12]\.to_(q|k|v|out)\.", None),  # CA's nudity set: q/k/v/out of all attention
     "text_encoder": (r"^text_encoder\.", None),
+    "embedding": (r"^text_encoder\..*token_embedding\.", None),  # CA's "embedding" group: the token embeddings
     "text_encoder_layers": (r"^text_encoder\.(text_model\.)?(encoder|final_layer_norm)\.", None),
 }
 

@@ -180,3 +180,29 @@ def test_two_ddp_processes_share_the_anchor_generation_and_train(tiny_spec, tmp_
     assert all((tmp_path / "anchors" / m["file"]).is_file() for m in manifest["images"])
     assert any(not torch.equal(p, before[n]) for n, p in module.backbone.named_parameters())  # rank 0's weights
     assert (tmp_path / "out" / "model_index.json").is_file()
+
+
+def test_the_noise_based_loss_targets_the_anchor_images_own_noise(tiny_spec):
+    module = moved_student(tiny_spec, loss="noise")
+    (x0, noise), t = batch(3), torch.tensor([40, 600])
+    c_a, c_t = module.backbone.encode_prompts(["a red square", "a red triangle"]).repeat_interleave(2, 0).chunk(2)
+    with torch.no_grad():
+        pred = module.backbone.unet(q_sample(module, x0, noise, t), t, encoder_hidden_states=c_t).sample
+    loss = module.ablation_loss(x0, c_a, c_t, t, noise)[0]
+    assert torch.allclose(loss, ((pred - noise) ** 2).mean(), rtol=1e-5)
+    with pytest.raises(IGMUError, match="unknown ConceptAblation loss 'kl'"):
+        make(tiny_spec, loss="kl")
+
+
+def test_the_embedding_group_trains_only_the_target_words_rows(tiny_spec, tmp_path):
+    module = make(tiny_spec, tmp_path, trainable=["embedding"], prior_weight=1.0, lr=1e-2, weight_decay=0.5)
+    table = module.backbone.text_encoder.get_input_embeddings().weight
+    name = next(n for n, p in module.backbone.named_parameters() if p is table)
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    fit(module, steps=3)
+    changed = {n for n, p in module.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {name} and name.endswith("token_embedding.weight")
+    moved = (table.detach() != before[name]).any(1)
+    target_ids = module.backbone.tokenizer("triangle", add_special_tokens=False).input_ids
+    # only "triangle"'s row learns; weight decay would have shrunk every other row
+    assert moved.nonzero().flatten().tolist() == sorted(target_ids)
