@@ -144,3 +144,57 @@ def test_two_processes_generate_and_score_as_one(tmp_path):
     files = lambda out: {p.relative_to(tmp_path / out): p.read_bytes() for p in (tmp_path / out).rglob("*.png")}  # noqa: E731
     assert files("out2") == files("out1") and len(files("out1")) == 9  # 3 forget per model + 3 remove_word
     assert two["run"]["model_hashes"] == one["run"]["model_hashes"]
+
+
+def grid_samples() -> dict:
+    """The forget images a WorldEvaluation keeps for its grids (tiny model, 4 forget prompts)."""
+    import torch
+
+    from igmu_lightning.backbone import TinySD
+    from igmu_lightning.evaluation.world_eval import WorldEvaluation
+    from igmu_lightning.sampling import SamplerSettings
+
+    torch.set_num_threads(1)
+    model = TinySD(image_size=32).build().eval()
+    evaluation = WorldEvaluation("object", detectors=str(ROOT / "checkpoints/world/detectors"), prompts_per_class=4,
+                                 sampler=SamplerSettings(steps=2), cache_dir=None)  # fmt: skip
+    evaluation.compare(model, [("current", model)], seed=0)
+    return evaluation.samples
+
+
+def grid_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        samples = grid_samples()
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in samples.items()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_grid_images_are_gathered_from_every_process_in_prompt_order(tmp_path):
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "grid.safetensors"
+    mp.spawn(grid_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    two, one = load_file(out), grid_samples()
+    assert two.keys() == one.keys() == {"original", "current"}
+    for name in one:  # rank 0 holds all 4 images, its own 2 then rank 1's 2, as one process made them
+        assert two[name].shape == one[name].shape == (4, 3, 32, 32)
+        # 8-bit images: a batch position's rounding may flip a pixel by one level, never more
+        difference = (two[name] - one[name]).abs()
+        assert difference.max() <= 1 / 255 + 1e-6 and difference.mean() < 1e-4
+    assert (one["original"][:2] - one["original"][2:]).abs().mean() > 0.05  # the halves differ: order is tested
