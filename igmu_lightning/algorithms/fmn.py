@@ -118,6 +118,29 @@ class FMN(UnlearningModule):
         picked = [p.permute(0, 3, 1, 2)[positions].flatten() for p in probs]
         return torch.cat(picked).norm()
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.freeze_unreached()
+
+    def freeze_unreached(self) -> list[str]:
+        """Freeze the trainable tensors the loss never reaches (attn2's values and outputs, the
+        layers after the last attn2): one probe backward finds them. The optimizer would skip them
+        anyway (their gradient is None), so training is unchanged, but DDP needs every trainable
+        tensor in the graph. Returns the frozen names."""
+        unet, params = self.backbone.unet, dict(self.backbone.named_parameters())
+        names = [n.removeprefix("backbone.") for n in self.trainable_names]
+        size = unet.config.sample_size
+        x = torch.randn(1, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+        word = next(iter(self.concepts))
+        loss = self.attention_loss(x.to(self.device), torch.tensor([500], device=self.device), [word])
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        frozen = [n for n, g in zip(names, grads) if g is None]
+        for name in frozen:
+            params[name].requires_grad_(False)
+        self.trainable_names = [f"backbone.{n}" for n, g in zip(names, grads) if g is not None]
+        return frozen
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         forget = batch["forget"]
         x_t, t, _ = self.noised(forget["image"])

@@ -1,10 +1,12 @@
 """An unlearning algorithm trains under DDP (ddp_spawn, 2 CPU processes, gloo) and in bf16-mixed."""
 
+import hashlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from igmu_lightning.algorithms import ESD
 from igmu_lightning.data import PromptData
@@ -48,3 +50,33 @@ def test_fsdp_is_refused_with_the_reason_and_the_fix(tiny_spec):
         module.setup("fit")
     module._trainer = SimpleNamespace(strategy=SimpleNamespace())
     module.setup("fit")
+
+
+class RankDigest(Callback):
+    """Each rank writes a digest of its backbone's weights when training ends (ddp_spawn returns
+    only rank 0's weights to the test)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        digest = hashlib.sha256()
+        for name, p in sorted(pl_module.backbone.named_parameters()):
+            digest.update(name.encode() + p.detach().cpu().numpy().tobytes())
+        Path(self.folder, f"rank{trainer.global_rank}.txt").write_text(digest.hexdigest())
+
+
+@pytest.mark.parametrize("name", ["fmn", "salun"])
+def test_fmn_and_salun_train_under_ddp_and_their_ranks_stay_identical(name, tiny_spec, tmp_path):
+    """SalUn's saliency sums gradients over every rank's forget batches before its top-k: a
+    per-rank mask would move different entries on each rank and split the model."""
+    from tests.algorithms.test_mixed_precision import build
+
+    module, data, _ = build(name, tiny_spec, tmp_path)
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                      callbacks=[RankDigest(str(tmp_path))])  # fmt: skip
+    trainer.fit(module, data)
+    assert any(not torch.equal(p, before[n]) for n, p in module.backbone.named_parameters())
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()

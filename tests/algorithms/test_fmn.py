@@ -101,3 +101,22 @@ def test_bad_fmn_arguments(tiny_spec):
         FMN(tiny_spec, concept="triangle", trainable="noxattn")
     with pytest.raises(IGMUError, match="non-empty concept"):
         FMN(tiny_spec, concept=" ")
+
+
+def test_tensors_the_loss_never_reaches_are_frozen_and_training_is_unchanged(tiny_spec, monkeypatch):
+    def trained(freeze: bool) -> tuple[dict, list]:
+        torch.manual_seed(0)
+        module = FMN(tiny_spec, concept="triangle", trainable="xattn", lr=1e-2)
+        if not freeze:
+            monkeypatch.setattr(module, "freeze_unreached", lambda: [])
+        data = WorldForgetRetain("object", n_forget=4, n_retain=0, image_size=16, batch_size=2, steps_per_epoch=3)
+        Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(module, data)
+        return {n: p.detach().clone() for n, p in module.backbone.named_parameters()}, module.trainable_names
+
+    frozen_weights, kept = trained(freeze=True)
+    plain_weights, everything = trained(freeze=False)
+    dropped = sorted(set(everything) - set(kept))
+    # only values and outputs of attn2 layers after which no attn2 reads them; queries and keys stay
+    assert dropped and all(".to_v." in n or ".to_out." in n for n in dropped)
+    assert all(f"backbone.{n}" in kept for n in plain_weights if ".attn2.to_q." in n or ".attn2.to_k." in n)
+    assert all(torch.equal(frozen_weights[n], plain_weights[n]) for n in plain_weights)
