@@ -74,3 +74,32 @@ def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | Non
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
+
+
+def _gloo_worker(rank: int, world: int, port: int, fn, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_gloo_processes(fn, world: int, folder: Path):
+    """Rank 0's ``fn(rank, world)`` from ``world`` spawned processes joined in one gloo group
+    (``fn``: a module-level function; its result: tensors, numbers, lists and dicts)."""
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = Path(folder) / "rank0.pt"
+    mp.spawn(_gloo_worker, args=(world, port, fn, str(out)), nprocs=world, join=True)
+    return torch.load(out, weights_only=True)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from igmu_lightning.evaluation.distributed import share
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, on_gloo_processes, run_script
 
 CONFIG = "configs/eval/world/style.yaml"
 BASE = str(ROOT / "checkpoints/world/base")
@@ -146,7 +146,7 @@ def test_two_processes_generate_and_score_as_one(tmp_path):
     assert two["run"]["model_hashes"] == one["run"]["model_hashes"]
 
 
-def grid_samples() -> dict:
+def grid_samples(rank: int = 0, world: int = 1) -> dict:
     """The forget images a WorldEvaluation keeps for its grids (tiny model, 4 forget prompts)."""
     import torch
 
@@ -162,35 +162,10 @@ def grid_samples() -> dict:
     return evaluation.samples
 
 
-def grid_worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-    from safetensors.torch import save_file
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        samples = grid_samples()
-        if rank == 0:
-            save_file({k: v.contiguous() for k, v in samples.items()}, out)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_grid_images_are_gathered_from_every_process_in_prompt_order(tmp_path):
-    import socket
-
     import torch
-    import torch.multiprocessing as mp
-    from safetensors.torch import load_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "grid.safetensors"
-    mp.spawn(grid_worker, args=(2, port, str(out)), nprocs=2, join=True)
-    two, one = load_file(out), grid_samples()
+    two, one = on_gloo_processes(grid_samples, 2, tmp_path), grid_samples()
     assert two.keys() == one.keys() == {"original", "current"}
     for name in one:  # rank 0 holds all 4 images, its own 2 then rank 1's 2, as one process made them
         assert two[name].shape == one[name].shape == (4, 3, 32, 32)

@@ -2,15 +2,13 @@
 the same values (and bootstrap CIs) as one process with all of them."""
 
 import json
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from igmu_lightning.metrics import ClassRate
 from igmu_lightning.metrics.fid import FID
+from tests.conftest import on_gloo_processes
 
 PREDICTIONS = torch.tensor([2, 0, 2, 2, 1, 2, 0, 2, 2, 2, 1, 0])
 IMAGES = torch.linspace(0, 1, 24 * 4).reshape(24, 1, 2, 2)
@@ -26,21 +24,6 @@ def scores(rank: int, world: int) -> dict:
     return {"rate": rate.summary(seed=0), "fid": fid.summary(seed=0, resamples=20)}
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        result = scores(rank, world)
-        if rank == 0:
-            with open(out, "w") as f:
-                json.dump(result, f)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_processes_match_one(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "ddp.json"
-    mp.spawn(worker, args=(2, port, str(out)), nprocs=2, join=True)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(scores(0, 1)))
+    result = on_gloo_processes(scores, 2, tmp_path)
+    assert json.loads(json.dumps(result)) == json.loads(json.dumps(scores(0, 1)))
