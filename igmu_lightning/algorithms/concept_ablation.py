@@ -185,7 +185,9 @@ class ConceptAblation(UnlearningModule):
         if table is not None:
             # Only the target words' rows get gradients (the official code zeroes the rest). Its AdamW
             # decay still shrank every other token's row; ours exempts the table, so they stay exact.
-            table.register_hook(lambda grad: grad * self._target_rows(grad))
+            if getattr(self, "_rows_hook", None) is not None:  # a second fit: one hook is enough
+                self._rows_hook.remove()
+            self._rows_hook = table.register_hook(lambda grad: grad * self._target_rows(grad))
             groups.append({"params": [table], "weight_decay": 0.0})
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay)
 
