@@ -80,13 +80,13 @@ def main(args: list[str] | None = None) -> Path:
             f"{kind.__name__} runs in one process ({fabric.world_size} were asked for): drop --devices / --num_nodes; "
             "WorldEvaluation, IGMUFolder and GenerateAndScore share their work across processes"
         )
-    return fabric.launch(evaluate, args)
+    return fabric.launch(evaluate, config)
 
 
-def evaluate(fabric: Fabric, args: list[str]) -> Path:
-    """One process's part of the evaluation; every rank returns the same results, rank 0 writes."""
+def evaluate(fabric: Fabric, config) -> Path:
+    """One process's part of the evaluation (``config``: the parsed arguments, sent to spawned
+    processes as they are); every rank returns the same results, rank 0 writes."""
     parser = build_parser()
-    config = parser.parse_args(args)
     path = Path(config.results_path) if config.results_path else default_results_path(config)
     resolved = yaml.safe_load(parser.dump(config, skip_none=False, skip_link_targets=False))
     resolved.pop("config", None)
