@@ -16,14 +16,19 @@ OTHER = {"sld": {"class_path": "igmu_lightning.algorithms.SafeLatentDiffusion",
                                "preset": "max", "safety_concept": "striped"}}}  # fmt: skip
 
 
-def evaluate(tmp_path, name: str, *launch: str) -> dict:
+def run_evaluate(tmp_path, name: str, *args: str) -> dict:
+    """The results of ``evaluate.py ARGS`` on the CPU, one thread per process (``name``: its file)."""
     path = tmp_path / f"{name}.json"
-    result = run_script("evaluate.py", "--config", CONFIG, "--results_path", str(path), "--accelerator", "cpu",
-                        "--evaluation.init_args.prompts_per_class", "2", "--evaluation.init_args.batch_size", "2",
-                        "--evaluation.init_args.sampler.steps", "3", "--evaluation.init_args.cache_dir", str(tmp_path / name),
-                        "--evaluation.init_args.methods", json.dumps(OTHER), *launch, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    result = run_script("evaluate.py", *args, "--results_path", str(path), "--accelerator", "cpu", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(path.read_text())
+
+
+def evaluate(tmp_path, name: str, *launch: str) -> dict:
+    return run_evaluate(tmp_path, name, "--config", CONFIG, "--evaluation.init_args.prompts_per_class", "2",
+                        "--evaluation.init_args.batch_size", "2", "--evaluation.init_args.sampler.steps", "3",
+                        "--evaluation.init_args.cache_dir", str(tmp_path / name),
+                        "--evaluation.init_args.methods", json.dumps(OTHER), *launch)  # fmt: skip
 
 
 def leaves(tree, prefix=""):
@@ -37,14 +42,18 @@ def leaves(tree, prefix=""):
         yield prefix, tree
 
 
-def test_two_processes_give_the_metrics_of_one(tmp_path):
-    one = evaluate(tmp_path, "one")
-    two = evaluate(tmp_path, "two", "--devices", "2", "--strategy", "ddp_spawn")
-    assert two["run"]["model_hashes"] == one["run"]["model_hashes"]
+def assert_same_numbers(one: dict, two: dict) -> None:
     a, b = dict(leaves(one["methods"])), dict(leaves(two["methods"]))
     assert a.keys() == b.keys() and any(key.endswith("forgetting/target_rate/n") for key in a)
     for key, value in a.items():
         assert math.isclose(b[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, value, b[key])
+
+
+def test_two_processes_give_the_metrics_of_one(tmp_path):
+    one = evaluate(tmp_path, "one")
+    two = evaluate(tmp_path, "two", "--devices", "2", "--strategy", "ddp_spawn")
+    assert two["run"]["model_hashes"] == one["run"]["model_hashes"]
+    assert_same_numbers(one, two)
     # each process wrote its own half of the images to the cache: together, as many as one process made
     made = lambda name: sorted(p.name for p in (tmp_path / name).rglob("*.png"))  # noqa: E731
     assert made("two") == made("one") and made("one")
@@ -80,19 +89,9 @@ def test_an_evaluation_that_does_not_share_its_work_refuses_several_processes(ti
 
 
 def run_config(tmp_path, name: str, evaluation: dict, *launch: str) -> dict:
-    config, path = tmp_path / f"{name}.yaml", tmp_path / f"{name}.json"
+    config = tmp_path / f"{name}.yaml"
     config.write_text(json.dumps({"seed": 0, "evaluation": evaluation}))  # JSON is YAML
-    result = run_script("evaluate.py", "--config", str(config), "--results_path", str(path), "--accelerator", "cpu",
-                        *launch, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(path.read_text())
-
-
-def assert_same_numbers(one: dict, two: dict) -> None:
-    a, b = dict(leaves(one["methods"])), dict(leaves(two["methods"]))
-    assert a.keys() == b.keys() and any(key.endswith("forgetting/target_rate/n") for key in a)
-    for key, value in a.items():
-        assert math.isclose(b[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, value, b[key])
+    return run_evaluate(tmp_path, name, "--config", str(config), *launch)
 
 
 def test_two_processes_score_an_igmu_folder_as_one(tmp_path):
