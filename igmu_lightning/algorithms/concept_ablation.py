@@ -187,7 +187,8 @@ class ConceptAblation(UnlearningModule):
             # decay still shrank every other token's row; ours exempts the table, so they stay exact.
             if getattr(self, "_rows_hook", None) is not None:  # a second fit: one hook is enough
                 self._rows_hook.remove()
-            self._rows_hook = table.register_hook(lambda grad: grad * self._target_rows(grad))
+            rows = self._target_rows(table)  # built once, on the table's device, not on every backward
+            self._rows_hook = table.register_hook(lambda grad: grad * rows)
             groups.append({"params": [table], "weight_decay": 0.0})
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay)
 
@@ -195,11 +196,11 @@ class ConceptAblation(UnlearningModule):
         table = self.backbone.text_encoder.get_input_embeddings().weight
         return table if table.requires_grad else None
 
-    def _target_rows(self, grad: torch.Tensor) -> torch.Tensor:
+    def _target_rows(self, table: torch.Tensor) -> torch.Tensor:
         """(vocabulary, 1) mask of the target words' tokens."""
         words = self.target.replace("{}", " ")
         ids = self.backbone.tokenizer(words, add_special_tokens=False).input_ids
-        mask = torch.zeros(len(grad), 1, dtype=grad.dtype, device=grad.device)
+        mask = torch.zeros(len(table), 1, dtype=table.dtype, device=table.device)
         mask[ids] = 1
         return mask
 
