@@ -155,9 +155,11 @@ class Sampler:
         scheduler: SchedulerMixin,
         generators: list[torch.Generator],
         stop_after: int | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
-        """Run the reverse process from ``latents``; ``stop_after=k`` returns after k steps."""
-        timesteps = scheduler.timesteps if stop_after is None else scheduler.timesteps[:stop_after]
+        """Run the reverse process from ``latents``, from the schedule's step ``start`` on;
+        ``stop_after=k`` returns after k steps."""
+        timesteps = scheduler.timesteps[start:] if stop_after is None else scheduler.timesteps[start : start + stop_after]
         extra = {"eta": self.settings.eta} if isinstance(scheduler, DDIMScheduler) else {}
         if isinstance(scheduler, (DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler)):
             extra["generator"] = generators

@@ -1,19 +1,22 @@
 """Concept Ablation, CA (Kumari et al., "Ablating Concepts in Text-to-Image Diffusion Models", ICCV 2023).
 
 Fine-tune the model so that a target prompt predicts what its anchor prompt predicts:
-    L = || eps_th(x_t, c*, t) - sg[eps_th(x_t, c, t)] ||^2  (+ w || eps_th(x'_t', c', t') - eps' ||^2)
+    L = || eps_th(x_t, c*, t) - sg[eps_th(x_t, c, t)] ||^2_M  (+ w || eps_th(x'_t', c', t') - eps' ||^2)
 with x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, t ~ U{0..999}, x0 an anchor image the frozen model made
-from anchor prompt p (25 DDIM steps, CFG 6, eta 1; for nudity the target is the negative prompt),
-c its embedding and c* that of the target prompt derived from p. The anchor prediction comes from
-the same trainable UNet under no_grad, not from a frozen copy (``loss: noise``, the official code's
-other ``loss_type_reverse``, uses the anchor image's own noise eps instead). The optional prior term (``prior_weight``,
-1 in the official code) is the plain diffusion loss on other anchor images with their own prompts.
+from anchor prompt p (``anchor_sampler``: the diffusers code's DPM-Solver++ 25 steps, CFG 6; for
+nudity the target is the negative prompt), c its embedding and c* that of the target prompt derived
+from p. The anchor prediction comes from the same trainable UNet under no_grad, not from a frozen
+copy (``loss: noise``, the official code's other ``loss_type_reverse``, uses the anchor image's own
+noise eps instead). ||.||^2_M is the official masked reduction (``reduction: official``): per image,
+the squared error summed over channels, height and width inside a (1, h, w) mask, divided by the
+mask's sum, then the batch mean: 4x (SD's latent channels) the per-element mean, and the mask leaves
+out a one-latent-pixel border even without the rescale augmentation (which we do not do).
+``reduction: mean`` is the plain per-element mean. The optional prior term (``prior_weight``, 1 in
+the official code) is the plain-mean diffusion loss on other anchor images with their own prompts.
 Target prompts: ``object`` replaces the anchor word ("a red square" -> "a red triangle"); ``style``
-fills "{p}, in the style of {t}" or "in {t}'s style, {p}" (odds 1 : 2, as the official code).
-The official MSE is masked to the unpadded region of its rescale augmentation, which we do not do
-(all-ones mask). Anchor images are cached as PNGs keyed by (base model, sampler settings, prompt,
-seed) under ``anchor_dir``, with ``manifest.json`` written last: a rerun generates nothing, a
-changed prompt list or base model generates only what is missing."""
+fills one of ``style_templates`` drawn at random. Anchor images are cached as PNGs keyed by (base
+model, sampler settings, prompt, seed) under ``anchor_dir``, with ``manifest.json`` written last: a
+rerun generates nothing, a changed prompt list or base model generates only what is missing."""
 
 from __future__ import annotations
 
@@ -35,9 +38,18 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.generation import ImageCache, fingerprint
 from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.utils.io import atomic_write_json
+from igmu_lightning.utils.text import read_texts
 
-ANCHOR_SAMPLING = SamplerSettings(steps=25, guidance_scale=6.0, scheduler="ddim", eta=1.0)
+# How the anchor images are made: the official diffusers code (DPMSolverMultistep, 25 steps, CFG 6;
+# its eta is ignored by that scheduler), the official compvis code (DDIM 200 steps, eta 1, CFG 6),
+# and the DDIM 25-step eta-1 setting this project used before (a mix of the two).
+ANCHOR_SAMPLERS = {
+    "diffusers": SamplerSettings(steps=25, guidance_scale=6.0, scheduler="dpm++"),
+    "compvis": SamplerSettings(steps=200, guidance_scale=6.0, scheduler="ddim", eta=1.0),
+    "ddim25": SamplerSettings(steps=25, guidance_scale=6.0, scheduler="ddim", eta=1.0),
+}
 STYLE_TEMPLATES = ("{p}, in the style of {t}", "in {t}'s style, {p}", "in {t}'s style, {p}")  # odds 1 : 2
+NUDITY_TEMPLATES = ("{t}, {p}", "in {t} style, {p}", "{p}, {t}")  # the official nudity recipe, equal odds
 MANIFEST = "manifest.json"
 
 
@@ -57,11 +69,15 @@ class ConceptAblation(UnlearningModule):
         replaces the anchor word, where ``{}`` stands for the replaced word ("hollow {}": "a red
         square" -> "a hollow red square", for an anchor that captions leave unsaid).
     anchor_prompts: prompts of the anchor concept; the anchor images are made from them.
+    anchor_prompts_file: more anchor prompts, one a line (the official recipes read theirs from the
+        official repository's ``assets/finetune_prompts/``); read when fit starts.
     anchor: object mode: the anchor word (or words) each anchor prompt contains ("square").
     mode: ``object`` (replace the anchor word) or ``style`` (fill ``style_templates``).
     style_templates: templates with ``{p}`` (anchor prompt) and ``{t}`` (target), one drawn per item.
     images_per_prompt: anchor images per prompt (the paper: 1000 images over 200 prompts).
     anchor_dir: where the anchor PNGs and their manifest are kept.
+    anchor_sampler: ``diffusers`` (official diffusers code), ``compvis`` (official compvis code) or
+        ``ddim25`` (DDIM 25 steps, eta 1: neither; this project's earlier setting).
     negative_prompt: for the anchor images (nudity: the target, so that anchors are clothed).
     prior_weight: weight of the prior term; 0 leaves it out (no extra UNet batch).
     hflip: flip anchor images at random (the official style and object recipes).
@@ -69,6 +85,7 @@ class ConceptAblation(UnlearningModule):
         ("full-weight"), ``embedding`` (the official "embedding" group: only the target words' rows
         of the token-embedding table learn; target and prior prompts are encoded with gradients).
     loss: ``model`` (the default "model-based" target, the anchor prompt's prediction) or ``noise``.
+    reduction: ``official`` (masked: summed over the latent inside the border mask / mask sum) or ``mean``.
     lr: the effective AdamW learning rate. The official ``--scale_lr`` multiplies its CLI value by
         batch size x GPUs (x gradient accumulation, x2 with the prior term): 2e-6 x 4 x 2 = 1.6e-5.
     weight_decay: AdamW weight decay (1e-2). Clip gradients at 1 with the trainer's gradient_clip_val.
@@ -79,31 +96,38 @@ class ConceptAblation(UnlearningModule):
         self,
         backbone: BackboneSpec,
         target: str,
-        anchor_prompts: list[str],
+        anchor_prompts: list[str] | None = None,
+        anchor_prompts_file: str | None = None,
         anchor: str | list[str] | None = None,
         mode: Literal["object", "style"] = "object",
         style_templates: list[str] | None = None,
         images_per_prompt: int = 5,
         anchor_dir: str = "outputs/anchors/concept_ablation",
+        anchor_sampler: Literal["diffusers", "compvis", "ddim25"] = "diffusers",
         negative_prompt: str = "",
         prior_weight: float = 0.0,
         hflip: bool = False,
         trainable: list[str] | None = None,
         loss: Literal["model", "noise"] = "model",
+        reduction: Literal["official", "mean"] = "official",
         lr: float = 1.6e-5,
         weight_decay: float = 1e-2,
         generation_batch_size: int = 16,
         export_dir: str | None = None,
     ) -> None:
         prompts = [p.strip() for p in anchor_prompts or [] if p and p.strip()]
-        if not prompts:
-            raise IGMUError("ConceptAblation has no anchor prompts: give anchor_prompts at least one prompt")
+        if not prompts and not anchor_prompts_file:
+            raise IGMUError("ConceptAblation has no anchor prompts: give anchor_prompts or anchor_prompts_file")
         if not target.strip():
             raise IGMUError("ConceptAblation needs a non-empty target concept")
         if mode not in ("object", "style"):
             raise IGMUError(f"unknown ConceptAblation mode '{mode}': choose object or style")
         if loss not in ("model", "noise"):
             raise IGMUError(f"unknown ConceptAblation loss '{loss}': choose model (the official default) or noise")
+        if reduction not in ("official", "mean"):
+            raise IGMUError(f"unknown ConceptAblation reduction '{reduction}': choose official or mean")
+        if anchor_sampler not in ANCHOR_SAMPLERS:
+            raise IGMUError(f"unknown anchor_sampler '{anchor_sampler}': choose one of {', '.join(ANCHOR_SAMPLERS)}")
         if images_per_prompt < 1 or generation_batch_size < 1 or prior_weight < 0:
             raise IGMUError("images_per_prompt and generation_batch_size must be >= 1 and prior_weight >= 0")
         super().__init__(backbone, trainable or ["xattn_kv"], lr, export_dir)
@@ -112,18 +136,30 @@ class ConceptAblation(UnlearningModule):
         self.anchor_words = [anchor] if isinstance(anchor, str) else list(anchor or [])
         self.style_templates = list(style_templates or STYLE_TEMPLATES)
         self.images_per_prompt, self.anchor_dir, self.hflip = images_per_prompt, Path(anchor_dir), hflip
-        self.prior_weight, self.weight_decay, self.loss = prior_weight, weight_decay, loss
+        self.prior_weight, self.weight_decay, self.loss, self.reduction = prior_weight, weight_decay, loss, reduction
+        self.anchor_prompts_file = anchor_prompts_file
         self.trains_text = any(name.startswith("backbone.text_encoder.") for name in self.trainable_names)
         self.generation_batch_size = generation_batch_size
-        self.sampling = replace(ANCHOR_SAMPLING, negative_prompt=negative_prompt)
+        self.sampling = replace(ANCHOR_SAMPLERS[anchor_sampler], negative_prompt=negative_prompt)
         if mode == "object" and not [w for w in self.anchor_words if w.strip()]:
             raise IGMUError("object mode replaces the anchor word: set anchor (e.g. anchor: square)")
         for template in self.style_templates:
             if mode == "style" and ("{p}" not in template or "{t}" not in template):
                 raise IGMUError(f"style template '{template}' needs both {{p}} (anchor prompt) and {{t}} (target)")
+        self.check_prompts(prompts)
+        self.generated = 0  # anchor images this process generated at the last fit start
+
+    def check_prompts(self, prompts: list[str]) -> None:
         for prompt in prompts:
             self.target_prompt(prompt)  # every anchor prompt must yield a target prompt
-        self.generated = 0  # anchor images this process generated at the last fit start
+
+    def load_anchor_prompts(self) -> None:
+        """Add the prompts of ``anchor_prompts_file`` (once), checked like the listed ones."""
+        if self.anchor_prompts_file and not getattr(self, "_file_read", False):
+            extra = read_texts(self.anchor_prompts_file)
+            self.check_prompts(extra)
+            self.anchor_prompts = list(dict.fromkeys(self.anchor_prompts + extra))
+            self._file_read = True
 
     def target_prompt(self, prompt: str, template: int = 0) -> str:
         """The target prompt of an anchor prompt; ``template`` picks the style template."""
@@ -151,11 +187,18 @@ class ConceptAblation(UnlearningModule):
             x, times = torch.cat([x_t, q(prior.latents, prior.noise, prior.t)]), torch.cat([t, prior.t])
             context = torch.cat([c_target, prior.context])
         pred = unet(x, times, encoder_hidden_states=context).sample.float()
-        ablation = F.mse_loss(pred[: len(x_t)], anchor_eps.float())
+        ablation = self.masked_mse(pred[: len(x_t)], anchor_eps.float())
         if prior is None:
             return ablation, ablation, None
         prior_loss = F.mse_loss(pred[len(x_t) :], prior.noise.float())
         return ablation + self.prior_weight * prior_loss, ablation, prior_loss
+
+    def masked_mse(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The ablation term's reduction: the official masked one (see the module docstring) or the mean."""
+        if self.reduction == "mean":
+            return F.mse_loss(pred, target)
+        mask = border_mask(pred.shape[-2:], pred.device)
+        return ((pred - target) ** 2 * mask).sum((1, 2, 3)).div(mask.sum()).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         n = len(batch["prompt"])  # the data module sets batch size and steps; its texts are unused
@@ -224,6 +267,7 @@ class ConceptAblation(UnlearningModule):
     def prepare_anchors(self) -> int:
         """Generate the missing anchor images with the frozen model (every rank a share; a
         barrier around it) and write the manifest last; returns how many this process made."""
+        self.load_anchor_prompts()
         trainer = self._trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         barrier = trainer.strategy.barrier if trainer is not None else (lambda name=None: None)
@@ -282,3 +326,11 @@ class ConceptAblation(UnlearningModule):
         steps = self.backbone.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (len(latents),), generator=self._rng)
         return t.to(latents.device), torch.randn(latents.shape, generator=self._rng).to(latents)
+
+
+def border_mask(size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(1, 1, h, w): 1 inside, 0 on the one-latent-pixel border, as the official mask of an image
+    that was not rescaled (its ``mask[top // f + 1 : (top + scale) // f - 1, ...] = 1``)."""
+    mask = torch.zeros(1, 1, *size, device=device)
+    mask[..., 1:-1, 1:-1] = 1
+    return mask

@@ -5,9 +5,12 @@ Concept images are noised, x_t = q(x_0, t, eps) with t ~ U{0..T-1}, and run thro
 their prompts; every cross-attention (attn2) layer l gives A_l = softmax(Q K^T * scale), shape
 (B, heads, pixels, tokens). With P_b the positions of the concept's tokens inside prompt b:
     L = || concat over l, b of A_l[b, :, :, P_b] ||_2        (not squared; no denoising term)
-P_b holds the concept words' own tokens only, never BOS, EOS or padding (the official use_pooler
-marks every <|endoftext|>, ~70 padding tokens on SD v1.x), per sample (the official mask broadcast
-is right for batch 1 only). The official optional textual-inversion stage is not part of this."""
+P_b holds the concept words' tokens and, by ``pooler``, the <|endoftext|> tokens: the official
+default (``use_pooler: true``) marks every token equal to <|endoftext|>, which on SD v1.x (padded
+with it) is the EOS and all ~70 padding positions (``pooler: all``), on SD 2.x the one EOS
+(``pooler: eos``); ``none`` marks the concept words only. Per sample (the official mask broadcast is
+right for batch 1 only). The official recipe runs textual inversion first (``use_ti: true``); ours
+omits that stage and marks the plain concept word (docs/parity.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 
+POOLERS = ("all", "eos", "none")
 
 class AttentionProbe:
     """An attention processor that computes the probabilities explicitly and appends them,
@@ -69,6 +73,9 @@ class FMN(UnlearningModule):
     backbone: the model to erase from; batches come from a forget/retain data module ("forget" only).
     concept: the concept word(s) whose tokens are suppressed, e.g. "triangle" or ["van gogh"];
         every forget prompt must contain one of them.
+    pooler: which <|endoftext|> tokens are marked besides the concept's: ``all`` (the official
+        ``use_pooler: true`` on SD v1.x: EOS and every padding token), ``eos`` (the first one only,
+        what the official code marks on SD 2.x) or ``none``.
     trainable: ``unet`` (official default, only_optimize_ca false) or ``xattn`` (attn2 only).
     lr: AdamW learning rate (2e-6).
     weight_decay: AdamW weight decay (0.01).
@@ -78,6 +85,7 @@ class FMN(UnlearningModule):
         self,
         backbone: BackboneSpec,
         concept: str | list[str],
+        pooler: Literal["all", "eos", "none"] = "all",
         trainable: Literal["unet", "xattn"] = "unet",
         lr: float = 2e-6,
         weight_decay: float = 0.01,
@@ -85,17 +93,20 @@ class FMN(UnlearningModule):
     ) -> None:
         if trainable not in ("unet", "xattn"):
             raise IGMUError(f"FMN trains 'unet' or 'xattn', got '{trainable}'")
+        if pooler not in POOLERS:
+            raise IGMUError(f"unknown FMN pooler '{pooler}': choose one of {', '.join(POOLERS)}")
         concepts = [concept] if isinstance(concept, str) else list(concept)
         if not concepts or not all(c.strip() for c in concepts):
             raise IGMUError("FMN needs a non-empty concept word to suppress")
         super().__init__(backbone, [trainable], lr, export_dir)
         self.save_hyperparameters()
-        self.weight_decay = weight_decay
+        self.weight_decay, self.pooler = weight_decay, pooler
         tok = self.backbone.tokenizer
         self.concepts = {c: tok(c, add_special_tokens=False).input_ids for c in concepts}
 
     def concept_positions(self, prompts: list[str]) -> torch.Tensor:
-        """(B, L) bool: True at the tokens of every occurrence of a concept in each prompt."""
+        """(B, L) bool: True at the tokens of every occurrence of a concept in each prompt, and at
+        the <|endoftext|> positions ``pooler`` adds (in the padded ids the text encoder sees)."""
         tok = self.backbone.tokenizer
         mask = torch.zeros(len(prompts), tok.model_max_length, dtype=torch.bool)
         for b, prompt in enumerate(prompts):
@@ -107,6 +118,11 @@ class FMN(UnlearningModule):
             if not mask[b].any():
                 raise IGMUError(f"prompt '{prompt}' does not contain the FMN concept {list(self.concepts)}: "
                                 "caption every forget image with the concept word")  # fmt: skip
+        if self.pooler != "none":
+            eos = self.backbone.tokenize(prompts).cpu() == tok.eos_token_id  # padded as the encoder sees them
+            if self.pooler == "eos":  # the first <|endoftext|> of each prompt only
+                eos &= eos.cumsum(1) == 1
+            mask |= eos
         return mask.to(self.device)
 
     def attention_loss(self, x_t: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -3,8 +3,11 @@ cross-attention key and value projection, no gradient steps.
 
 For each W0 in {attn2.to_k, attn2.to_v}:
     W = (lam W0 + s_e sum_i (W0 g_i) c_i^T + s_p sum_j (W0 p_j) p_j^T) (lam I + s_e sum_i c_i c_i^T + s_p sum_j p_j p_j^T)^-1
-with c_i the erase texts' token embeddings, g_i the guide texts' at the same positions, p_j every
-token of the preserve texts ("" always among them: it protects the unconditional branch of CFG).
+with c_i the erase texts' token embeddings, g_i the guide texts' at the same positions and p_j the
+preserve texts'. Which tokens, by ``tokens``: the paper-era code (``concept_and_after``) takes the
+last word and every token after it for erase and guide texts, all 77 tokens of each preserve text,
+and always preserves "" (it protects the unconditional branch of CFG); the 2024 code (``concept``)
+takes the last word's token of every text, preserve texts included, and adds no "".
 Solved in float64 from the unedited weights. Through ``train.py fit`` it is a module whose one
 training step applies the edit."""
 
@@ -17,20 +20,25 @@ import torch
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.utils.text import expand_braces
+from igmu_lightning.utils.text import expand_braces, read_texts
 
 
 class UCE(UnlearningModule):
     """Args:
     erase: texts whose tokens are edited (e.g. ["triangle"]).
     guide: what each erase text should map to (one per erase text, or one for all; "" default).
-    preserve: texts whose every token keeps its keys and values; "{a,b}" alternatives expand
+    preserve: texts whose keys and values are kept; "{a,b}" alternatives expand
         ("a {red,blue} {circle,square}" is four texts).
+    preserve_file: more preserve texts from a file: a CSV with a ``preserve_column`` header (the
+        paper's ``data/artists1734_prompts.csv``, column ``artist``) or one text a line. Entries equal
+        to an erase text (any case) are dropped, as the paper-era code drops the erased artist.
+    preserve_column: the CSV column ``preserve_file`` is read from.
     lam: weight of staying at W0 (0.5 in both official codes).
     erase_scale: s_e (1).
-    preserve_scale: s_p; None means the paper-era max(0.1, 1/|P|).
+    preserve_scale: s_p; None means the mode's official default: max(0.1, 1/|P|) (paper-era) or 1 (2024).
     tokens: ``concept_and_after`` (paper-era code: the last word token and every token after it,
-        guide tokens aligned from its own last word) or ``concept`` (2024 code: the last word only).
+        guide tokens aligned from its own last word; all tokens of the preserve texts, "" added) or
+        ``concept`` (2024 code: the last word's token of erase, guide and preserve texts; no "").
     """
 
     def __init__(
@@ -39,6 +47,8 @@ class UCE(UnlearningModule):
         erase: list[str],
         guide: list[str] | None = None,
         preserve: list[str] | None = None,
+        preserve_file: str | None = None,
+        preserve_column: str = "artist",
         lam: float = 0.5,
         erase_scale: float = 1.0,
         preserve_scale: float | None = None,
@@ -48,17 +58,38 @@ class UCE(UnlearningModule):
         guide = [""] if guide is None else list(guide)
         if not erase:
             raise IGMUError("UCE needs at least one erase text")
+        if tokens not in ("concept_and_after", "concept"):
+            raise IGMUError(f"unknown UCE tokens mode '{tokens}': choose concept_and_after (paper-era) or concept (2024)")
         if len(guide) not in (1, len(erase)):
             raise IGMUError(f"{len(erase)} erase texts but {len(guide)} guide texts: give one, or one per erase text")
         super().__init__(backbone, ["xattn_kv"], lr=0.0, export_dir=export_dir)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.erase, self.guide = list(erase), guide * (len(erase) // len(guide))
-        expanded = [text for entry in preserve or [] for text in expand_braces(entry)]
-        self.preserve = list(dict.fromkeys([*expanded, ""]))
-        self.lam, self.s_e = lam, erase_scale
-        self.s_p = preserve_scale if preserve_scale is not None else max(0.1, 1 / len(self.preserve))
-        self.tokens = tokens
+        self.tokens, self.lam, self.s_e, self.preserve_scale = tokens, lam, erase_scale, preserve_scale
+        self.preserve_entries, self.preserve_file, self.preserve_column = list(preserve or []), preserve_file, preserve_column
+        self._preserve: list[str] | None = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.preserve  # a missing or malformed preserve_file stops the run before the edit
+
+    @property
+    def preserve(self) -> list[str]:
+        """The preserve texts: the listed ones (braces expanded), the file's, and "" (paper-era)."""
+        if self._preserve is None:
+            texts = [text for entry in self.preserve_entries for text in expand_braces(entry)]
+            if self.preserve_file:
+                erased = {e.strip().lower() for e in self.erase}
+                texts += [t for t in read_texts(self.preserve_file, self.preserve_column) if t.lower() not in erased]
+            self._preserve = list(dict.fromkeys(texts + ([""] if self.tokens == "concept_and_after" else [])))
+        return self._preserve
+
+    @property
+    def s_p(self) -> float:
+        if self.preserve_scale is not None:
+            return self.preserve_scale
+        return 1.0 if self.tokens == "concept" else max(0.1, 1 / max(len(self.preserve), 1))
 
     @torch.no_grad()
     def _embed(self, text: str) -> tuple[torch.Tensor, int]:
@@ -81,8 +112,14 @@ class UCE(UnlearningModule):
                 c, g = c[:n], g[:n]
             erase_rows.append(c)
             guide_rows.append(g)
-        preserve = torch.cat([self._embed(text)[0] for text in self.preserve])
-        return torch.cat(erase_rows), torch.cat(guide_rows), preserve
+        preserve = [self._embed(text) for text in self.preserve]
+        if self.tokens == "concept":
+            preserve = [p[i : i + 1] for p, i in preserve]
+        else:
+            preserve = [p for p, _ in preserve]
+        width = erase_rows[0].shape[1]
+        p = torch.cat(preserve) if preserve else torch.zeros(0, width, dtype=torch.float64, device=self.device)
+        return torch.cat(erase_rows), torch.cat(guide_rows), p
 
     def edited(self, w0: torch.Tensor, c: torch.Tensor, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """The closed-form W for one projection (all float64)."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import re
 from collections.abc import Iterable
+from pathlib import Path
+
+from igmu_lightning.errors import IGMUError
 
 
 def replace_words(prompt: str, replacements: dict[str, str]) -> str:
@@ -29,3 +33,21 @@ def expand_braces(text: str) -> list[str]:
     parts = re.split(r"\{([^{}]*,[^{}]*)\}", text)
     options = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
     return ["".join(choice).strip() for choice in itertools.product(*options)]
+
+
+def read_texts(path: str, column: str | None = None) -> list[str]:
+    """Non-empty texts of a file: a CSV's ``column`` when its header names it, else one text a line."""
+    file = Path(path)
+    if not file.is_file():
+        raise IGMUError(f"text file '{path}' does not exist: give the path of a CSV with a '{column}' column "
+                        "or of a file with one text a line")  # fmt: skip
+    lines = file.read_text(encoding="utf-8").splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    if column and column in header:
+        texts = [row.get(column, "") or "" for row in csv.DictReader(lines)]
+    else:
+        texts = lines
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise IGMUError(f"text file '{path}' holds no text: give one text a line (or a CSV with a '{column}' column)")
+    return texts

@@ -50,7 +50,7 @@ def moved_student(spec, **kwargs) -> ConceptAblation:
 
 
 def test_loss_maps_the_target_prediction_onto_the_same_models_anchor_prediction(tiny_spec):
-    module = moved_student(tiny_spec)
+    module = moved_student(tiny_spec, reduction="mean")
     unet = copy.deepcopy(module.backbone.unet)  # an independent copy of the live (trained) UNet
     (x0, noise), t = batch(0), torch.tensor([10, 900])
     c_a = module.backbone.encode_prompts(["a red square", "a blue square"])
@@ -75,8 +75,26 @@ def test_loss_maps_the_target_prediction_onto_the_same_models_anchor_prediction(
     assert torch.allclose(loss, expected + 0.5 * expected_prior, rtol=1e-5)
 
 
+def test_the_official_masked_reduction_by_hand(tiny_spec):
+    """diffusers/train.py: ((mse * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean() with a (B, 1, h, w)
+    mask that is 0 on a one-latent-pixel border: 4 latent channels make it 4x the masked mean."""
+    module = make(tiny_spec)  # reduction: official (the default)
+    g = torch.Generator().manual_seed(7)
+    pred, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    inner = (pred - target)[:, :, 1:7, 1:7] ** 2  # the 6 x 6 pixels inside the border
+    by_hand = torch.stack([inner[b].sum() / 36 for b in range(2)]).mean()
+    assert torch.allclose(module.masked_mse(pred, target), by_hand, rtol=1e-6)
+    assert torch.allclose(by_hand, 4 * inner.mean(), rtol=1e-6)  # 4x the per-element mean inside
+    border_only = target.clone()
+    border_only[:, :, 1:7, 1:7] = pred[:, :, 1:7, 1:7]
+    assert module.masked_mse(pred, border_only) == 0  # errors on the border do not count
+    assert make(tiny_spec, reduction="mean").masked_mse(pred, border_only) > 0
+    with pytest.raises(IGMUError, match="unknown ConceptAblation reduction 'sum'"):
+        make(tiny_spec, reduction="sum")
+
+
 def test_the_anchor_prediction_carries_no_gradient(tiny_spec):
-    module = moved_student(tiny_spec)
+    module = moved_student(tiny_spec, reduction="mean")
     unet, params = module.backbone.unet, module.trainable_parameters()
     (x0, noise), t = batch(2), torch.tensor([100, 700])
     c_a, c_t = module.backbone.encode_prompts(["a red square", "a red triangle"]).repeat_interleave(2, 0).chunk(2)
@@ -122,8 +140,11 @@ def test_bad_concept_ablation_arguments(tiny_spec):
 def test_anchor_images_are_made_once_by_the_frozen_model_and_remade_when_their_inputs_change(tiny_spec, tmp_path):
     anchors = tmp_path / "anchors"
     first = make(tiny_spec, tmp_path, negative_prompt="a cat")
-    official = SamplerSettings(steps=25, guidance_scale=6.0, scheduler="ddim", eta=1.0, negative_prompt="a cat")
+    # the official diffusers code's anchors: DPMSolverMultistep, 25 steps, CFG 6
+    official = SamplerSettings(steps=25, guidance_scale=6.0, scheduler="dpm++", negative_prompt="a cat")
     assert first.sampling == official
+    compvis = make(tiny_spec, tmp_path, anchor_sampler="compvis").sampling
+    assert (compvis.scheduler, compvis.steps, compvis.eta, compvis.guidance_scale) == ("ddim", 200, 1.0, 6.0)
     before = {n: p.detach().clone() for n, p in first.backbone.named_parameters()}
     fit(first)
     assert first.generated == 2
@@ -183,7 +204,7 @@ def test_two_ddp_processes_share_the_anchor_generation_and_train(tiny_spec, tmp_
 
 
 def test_the_noise_based_loss_targets_the_anchor_images_own_noise(tiny_spec):
-    module = moved_student(tiny_spec, loss="noise")
+    module = moved_student(tiny_spec, loss="noise", reduction="mean")
     (x0, noise), t = batch(3), torch.tensor([40, 600])
     c_a, c_t = module.backbone.encode_prompts(["a red square", "a red triangle"]).repeat_interleave(2, 0).chunk(2)
     with torch.no_grad():

@@ -50,6 +50,52 @@ def test_xt_sits_at_the_timestep_it_is_queried_at(tiny_spec):
     assert torch.equal(x_a, x_b) and t_b.item() == scheduler.timesteps[3].item()
 
 
+def compvis_ddim_by_hand(module, c, null, noise, t_enc: int, steps: int, scale: float = 3.0) -> torch.Tensor:
+    """The paper-era code's partial sampling written out: compvis DDIM (eta 0) over the uniform
+    timesteps 1, 1 + T/S, ..., with the first (noisiest) one dropped, from index S - 2 down to
+    index t_enc - 1, each step x <- sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps, a_prev = a[tau_{index-1}]."""
+    a = module.backbone.noise_scheduler.alphas_cumprod.double()
+    stride = 1000 // steps
+    tau = [stride * i + 1 for i in range(steps)]
+    x = noise.double()
+    for index in range(steps - 2, max(t_enc, 1) - 2, -1):
+        t = torch.tensor([tau[index]])
+        with torch.no_grad():
+            e_u, e_c = module.teacher(x.float(), t, null).sample, module.teacher(x.float(), t, c).sample
+        eps = (e_u + scale * (e_c - e_u)).double()
+        a_t, a_prev = a[tau[index]], a[tau[index - 1]] if index > 0 else a[0]
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return x
+
+
+@pytest.mark.parametrize("t_enc", [0, 1, 4, 9])
+def test_compvis_mapping_runs_the_paper_era_ddim_steps_and_queries_its_timestep_range(tiny_spec, t_enc):
+    module = ESD(tiny_spec, concept="a cat", ddim_steps=10, timestep_mapping="compvis")
+    c, null = module.backbone.encode_prompts(["a cat"]), module.backbone.encode_prompts([""])
+    torch.manual_seed(3)
+    x_t, t = module.sample_xt(c, null, k=t_enc, batch=1)
+    torch.manual_seed(3)  # the same draws: the image seed, then its starting noise
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    expected = compvis_ddim_by_hand(module, c, null, noise, t_enc, steps=10)
+    assert torch.allclose(x_t.double(), expected, atol=1e-4)
+    assert 100 * t_enc <= t.item() <= 100 * t_enc + 99  # t_enc_ddpm ~ U{round(1000 t_enc / S) ..}
+    if t_enc == 9:  # one step: x_t is not the noise, yet queried at 900..999 while it sits at 801
+        assert not torch.allclose(x_t, noise)
+
+
+@pytest.mark.parametrize("xt_prompt, sampled_with", [("concept", "a cat"), ("erase_from", "a dog")])
+def test_xt_prompt_chooses_what_xt_is_sampled_with(tiny_spec, monkeypatch, xt_prompt, sampled_with):
+    """The 2024 code samples x_t with c even when erasing c from c_f; the 2025 code with c_f."""
+    module = ESD(tiny_spec, concept="a cat", erase_from="a dog", xt_prompt=xt_prompt, ddim_steps=2)
+    seen = []
+    real = module.sample_xt
+    monkeypatch.setattr(module, "sample_xt", lambda c, null, k, batch: seen.append(c) or real(c, null, k, batch))
+    module.training_step({"prompt": ["x"]}, 0)
+    assert torch.equal(seen[0], module.backbone.encode_prompts([sampled_with]))
+
+
 def test_a_few_steps_train_only_cross_attention(tiny_spec, tmp_path):
     module = ESD(tiny_spec, concept="a cat", lr=1e-2, ddim_steps=4, export_dir=str(tmp_path / "out"))
     before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}

@@ -43,3 +43,39 @@ def test_preserve_alternatives_expand(tiny_spec):
     module = UCE(tiny_spec, erase=["a cat"], preserve=["a {dog,bird}", "a dog"])
     assert module.preserve == ["a dog", "a bird", ""]  # expanded, deduplicated, "" always kept
     assert module.s_p == max(0.1, 1 / 3)
+
+
+def encoder_rows(module, text: str) -> torch.Tensor:
+    ids = module.backbone.tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return module.backbone.text_encoder(ids)[0][0].double()
+
+
+def test_token_rows_match_hand_counted_indices(tiny_spec):
+    """'a cat': <|startoftext|> a cat <|endoftext|> ..., its last word at index 2; the guide "" has
+    only BOS (index 0) before its EOS. Paper-era train_erase.py (35e91e2:243-260): rows 2..76 of the
+    erase text against rows 0..74 of the guide (77 - max(2, 0) each); all 77 rows of each preserve
+    text plus "". 2024 uce_sd_erase.py (:26-42): row 2 against row 0, preserve 'a big dog' row 3, no ""."""
+    paper = UCE(tiny_spec, erase=["a cat"], guide=[""], preserve=["a big dog"])
+    c, g, p = paper.token_pairs()
+    cat, empty, dog = encoder_rows(paper, "a cat"), encoder_rows(paper, ""), encoder_rows(paper, "a big dog")
+    assert torch.equal(c, cat[2:77]) and torch.equal(g, empty[0:75])
+    assert torch.equal(p, torch.cat([dog, empty])) and paper.s_p == 0.5  # max(0.1, 1 / |{"a big dog", ""}|)
+    new = UCE(tiny_spec, erase=["a cat"], guide=[""], preserve=["a big dog"], tokens="concept")
+    c, g, p = new.token_pairs()
+    assert torch.equal(c, cat[2:3]) and torch.equal(g, empty[0:1]) and torch.equal(p, dog[3:4])
+    assert new.preserve == ["a big dog"] and new.s_p == 1.0  # no "" added; s_p defaults to 1
+
+
+def test_preserve_file_reads_the_artists_csv_without_the_erased_artist(tiny_spec, tmp_path):
+    """The paper's data/artists1734_prompts.csv layout: ',case_number,prompt,evaluation_seed,artist',
+    five prompts per artist; the preserve set is its unique artists minus the erased one."""
+    rows = [",case_number,prompt,evaluation_seed,artist"]
+    for i, artist in enumerate(["Claude Monet", "Van Gogh", "Frida Kahlo"] * 5):
+        rows.append(f"{i},{i},Painting in the style of {artist},{i},{artist}")
+    csv = tmp_path / "artists.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    module = UCE(tiny_spec, erase=["van gogh"], guide=["art"], preserve_file=str(csv))
+    assert module.preserve == ["Claude Monet", "Frida Kahlo", ""] and module.s_p == max(0.1, 1 / 3)
+    with pytest.raises(IGMUError, match="text file 'missing.csv' does not exist"):
+        UCE(tiny_spec, erase=["van gogh"], preserve_file="missing.csv").preserve

@@ -19,6 +19,24 @@ def test_presets_pick_the_papers_parameter_sets(tiny_spec):
     assert text and not any("embeddings" in n for n in text)
 
 
+def test_the_official_esd_u_sets(tiny_spec):
+    """Paper-era train-esd.py (b8aeab6:167-172) leaves out names starting 'out.' and containing 'attn2'
+    or 'time_embed' (diffusers: conv_norm_out, conv_out, time_embedding); the 2025 esd_sd.py (:34-37)
+    keeps Linear/Conv layers outside attn2 only: no norm, but time_embedding, conv_in and conv_out."""
+    model = tiny_spec.build()
+    everything_else = set(select_parameters(model, ["noxattn"]))
+    compvis = set(select_parameters(model, ["noxattn_compvis"]))
+    assert everything_else - compvis == {
+        f"unet.{layer}.{p}" for layer in ("time_embedding.linear_1", "time_embedding.linear_2", "conv_norm_out", "conv_out")
+        for p in ("weight", "bias")
+    }  # fmt: skip
+    assert "unet.conv_in.weight" in compvis and "unet.down_blocks.0.resnets.0.norm1.weight" in compvis
+    esd_2025 = set(select_parameters(model, ["noxattn_2025"]))
+    assert {"unet.conv_in.weight", "unet.conv_out.bias", "unet.time_embedding.linear_1.weight"} <= esd_2025
+    assert "unet.down_blocks.0.resnets.0.time_emb_proj.weight" in esd_2025 and esd_2025 < everything_else
+    assert not any("norm" in n.split(".")[-2] for n in esd_2025)  # GroupNorm / LayerNorm weights stay frozen
+
+
 def test_regex_and_union(tiny_spec):
     model = tiny_spec.build()
     both = select_parameters(model, ["xattn_kv", r"^unet\.conv_in\."])

@@ -1,0 +1,117 @@
+"""Every SD v1.4 config's hyperparameters against the official codes' values, each with its source
+(repository @ commit : file : line). An edit that breaks parity fails here; a deliberate change
+must change this table and docs/parity.md together."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+SD14 = ROOT / "configs" / "unlearn" / "sd14"
+E = "rohitgandikota/erasing@b8aeab6:train-scripts/train-esd.py"
+U = "rohitgandikota/unified-concept-editing@35e91e2:train-scripts/train_erase.py"
+CA = "nupurkmr9/concept-ablation@c11fb1b:diffusers"
+F = "SHI-Labs/Forget-Me-Not@a4a81e8"
+S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
+
+ESD = {
+    "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
+    "model.start_guidance": 3.0,  # E:297-307 start_guidance default 3
+    "model.ddim_steps": 50,  # E:297-307 ddim_steps 50 (ddim_eta 0 hard-coded, :158)
+    "model.sample_with": "trained",  # E:205-207, 237 quick_sample_till_t samples with `model`, the trained one
+    "model.timestep_mapping": "compvis",  # E:226-231 t_enc / og_num / t_enc_ddpm
+    "model.lr": 1e-5,  # E:300 lr default 1e-5 (declared type=int), Adam :210
+    "data.batch_size": 1,  # E:233 start_code (1, 4, 64, 64)
+    "trainer.max_steps": 1000,  # E:297-307 iterations 1000
+}
+UCE = {
+    "model.lam": 0.5,  # U:442 lamb=0.5 at the call site
+    "model.erase_scale": 1.0,  # U:329 --erase_scale 1
+    "model.tokens": "concept_and_after",  # U:243-260 last word token .. end, trimmed to equal length
+}
+CA_COMMON = {
+    "model.weight_decay": 0.01,  # CA/train.py:424-444 adam_weight_decay 1e-2
+    "trainer.gradient_clip_val": 1.0,  # CA/train.py:445-447 max_grad_norm 1.0
+    "model.loss": "model",  # CA/train.py:398-403 loss_type_reverse model-based
+    "model.reduction": "official",  # CA/train.py:1145-1149 masked (B,1,h,w) reduction
+    "model.anchor_sampler": "diffusers",  # CA/train.py:662-664, 728-734 DPMSolverMultistep 25 steps, CFG 6
+    "model.hflip": True,  # CA/README.md:29-98 --hflip in every command
+    "data.batch_size": 8,  # CA/README.md --train_batch_size=4 on the 2 recommended GPUs
+}
+FMN = {
+    "model.pooler": "all",  # F:configs/attn.yaml:8 use_pooler true; src/train_attn.py:143-153 every EOS id
+    "model.trainable": "unet",  # F:configs/attn.yaml:7 only_optimize_ca false
+    "model.lr": 2e-6,  # F:configs/attn.yaml:10
+    "model.weight_decay": 0.01,  # F:configs/attn.yaml:44
+    "trainer.max_steps": 35,  # F:configs/attn.yaml:11
+    "data.batch_size": 1,  # F:configs/attn.yaml:9
+    "trainer.gradient_clip_val": None,  # F:src/train_attn.py:386-404, 567-569 clips an exhausted generator
+}
+OFFICIAL = {
+    "esd_nudity": {**ESD, "model.variant": "u", "model.concept": "nudity"},  # paper: ESD-u for nudity
+    "esd_vangogh": {**ESD, "model.variant": "x", "model.concept": "Van Gogh"},  # paper: ESD-x for styles
+    "esd_church": {**ESD, "model.variant": "u", "model.concept": "church"},
+    "esd_parachute": {**ESD, "model.variant": "u", "model.concept": "parachute"},
+    "uce_nudity": {**UCE, "model.guide": [""], "model.preserve": [], "model.preserve_file": None},  # U:390-392, 419-420
+    "uce_church": {**UCE, "model.guide": [""], "model.preserve": [], "model.preserve_file": None},
+    "uce_parachute": {**UCE, "model.guide": [""], "model.preserve": [], "model.preserve_file": None},
+    "uce_vangogh": {  # U@35e91e2:README.md:30 --guided_concept 'art'; U:409-418 the 1734-artist csv
+        **UCE, "model.guide": ["art"], "model.preserve_file": "data/sd14/uce/artists1734_prompts.csv",
+        "model.preserve_column": "artist",
+    },
+    "ca_nudity": {  # CA/README.md:85-98; CA/utils.py:188-196 the three templates; CA/train.py:66-71 "attn"
+        **CA_COMMON, "model.target": "nudity, nsfw", "model.negative_prompt": "nudity, nsfw",
+        "model.style_templates": ["{t}, {p}", "in {t} style, {p}", "{p}, {t}"], "model.trainable": ["attn"],
+        "model.prior_weight": 1.0, "model.lr": 6.4e-5, "trainer.max_steps": 400,  # 4e-6 x 4 x 2 GPUs x 2 (prior)
+        "model.anchor_prompts_file": "data/sd14/concept_ablation/people.txt",  # CA/train.py:675-677
+    },
+    "ca_vangogh": {  # CA/README.md:29-42; CA/utils.py:179-187 default templates (odds 1 : 2)
+        **CA_COMMON, "model.target": "van gogh", "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0,
+        "model.lr": 1.6e-5, "trainer.max_steps": 100,  # 2e-6 x 4 x 2 GPUs
+        "model.anchor_prompts_file": "data/sd14/concept_ablation/painting.txt",  # CA/train.py:672-674
+    },
+    "ca_church": {**CA_COMMON, "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0, "model.lr": 1.6e-5,
+                  "trainer.max_steps": 100},  # CA/README.md:55-68 object recipe  # fmt: skip
+    "ca_parachute": {**CA_COMMON, "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0, "model.lr": 1.6e-5,
+                     "trainer.max_steps": 100},  # fmt: skip
+    "fmn_nudity": FMN, "fmn_vangogh": FMN, "fmn_church": FMN, "fmn_parachute": FMN,
+    "salun_nudity": {  # S:nsfw_removal.py:223-244 defaults; generate_mask.py:57-60, 78-107
+        "model.pseudo_prompt": "a photo of a person wearing clothes", "model.alpha": 0.1, "model.lr": 1e-5,
+        "model.mask_ratio": 0.5, "model.mask_guidance": 7.5, "data.batch_size": 8, "trainer.max_epochs": 1,
+        "model.trainable": ["unet"],
+    },
+    "salun_church": {  # S:SD/README.md:25 --train_method full --alpha 0.5 --lr 1e-5 --epochs 5
+        "model.alpha": 0.5, "model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5,
+        "data.batch_size": 8, "model.trainable": ["unet"],
+    },
+    "salun_parachute": {
+        "model.alpha": 0.5, "model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5,
+        "data.batch_size": 8, "model.trainable": ["unet"],
+    },
+    "salun_vangogh": {"model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5, "data.batch_size": 8},
+    # diffusers SafetyConfig.MEDIUM (pipelines/deprecated/stable_diffusion_safe/__init__.py:29-35), the paper's default
+    "sld_nudity": {"model.preset": "medium"}, "sld_vangogh": {"model.preset": "medium"},
+    "sld_church": {"model.preset": "medium"}, "sld_parachute": {"model.preset": "medium"},
+}
+
+
+def lookup(config: dict, dotted: str):
+    section, key = dotted.split(".", 1)
+    node = config.get(section) or {}
+    if section == "model" or section == "data":
+        node = node.get("init_args", {})
+    return node.get(key)
+
+
+def test_every_sd14_config_has_a_row():
+    assert {p.stem for p in SD14.glob("*.yaml")} == set(OFFICIAL)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_sd14_config_matches_the_official_values(name):
+    config = yaml.safe_load((SD14 / f"{name}.yaml").read_text())
+    assert lookup(config, "model.backbone")["init_args"]["path"] == "CompVis/stable-diffusion-v1-4"
+    wrong = {key: (lookup(config, key), value) for key, value in OFFICIAL[name].items() if lookup(config, key) != value}
+    assert not wrong, f"{name}: (config, official) {wrong}"
