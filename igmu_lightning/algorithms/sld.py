@@ -7,6 +7,8 @@ Per step, with eps_0 / eps_p / eps_S the predictions for "", the prompt and S (o
     g_S = s (eps_S - eps_0) + s_m nu;   nu <- beta nu + (1 - beta) g_S         (momentum, per image)
     g  -= g_S  once the step index >= warmup
     eps = eps_0 + guidance_scale * g
+``warmup`` counts sampler steps, as the official step index does: medium's 10 skips 20% of the
+official 50-step trajectory but 40% of a 25-step one (docs/parity.md).
 The guidance rides on the backbone (``backbone.guidance``), so every sampler, evaluator and export
 of that backbone uses it; an exported folder keeps it in ``igmu_guidance.json``."""
 
