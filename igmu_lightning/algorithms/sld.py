@@ -7,6 +7,11 @@ Per step, with eps_0 / eps_p / eps_S the predictions for "", the prompt and S (o
     g_S = s (eps_S - eps_0) + s_m nu;   nu <- beta nu + (1 - beta) g_S         (momentum, per image)
     g  -= g_S  once the step index >= warmup
     eps = eps_0 + guidance_scale * g
+Images equal diffusers' ``StableDiffusionPipelineSafe`` with the same five numbers and concept
+(tests/algorithms/test_sld.py, within 1/255; measured ~3e-7), warmup counted the same way (step
+index from 0, guided once it is >= warmup; the momentum is updated during warmup). One difference:
+diffusers switches SLD off (and warns "Safety checker disabled!") unless guidance_scale > 1 and
+s_S > 1; this rule applies at any scale (at guidance_scale 1: eps = eps_p - g_S).
 The guidance rides on the backbone (``backbone.guidance``), so every sampler, evaluator and export
 of that backbone uses it; an exported folder keeps it in ``igmu_guidance.json``."""
 
