@@ -33,7 +33,7 @@ class GenerateAndScore(Evaluation):
     concept, task: folder name and prompt-file key (``Nudity`` / ``nudity``).
     forget_prompts: ``forgot.json``; retain_prompts: ``retain.json`` (stripped prompts for nudity
         and style, unrelated classes for objects); ``retain_role`` says which.
-    judge, target, fid_features, distance_features, clip: as ``IGMUFolder``.
+    judge, target, fid_features, distance_features, clip, subject_judge: as ``IGMUFolder``.
     samples_per_prompt: k in i_j_k.
     """
 
@@ -55,9 +55,10 @@ class GenerateAndScore(Evaluation):
         samples_per_prompt: int = 1,
         sampler: SamplerSettings | None = None,
         batch_size: int = 8,
-        fid_features: str = "inception",
+        fid_features: str | None = "inception",
         distance_features: str | None = None,
         clip: str | None = None,
+        subject_judge: JudgeSpec | None = None,
     ) -> None:
         if retain_role not in ("remove_word", "unrelated"):
             raise IGMUError(f"retain_role must be remove_word or unrelated, got '{retain_role}'")
@@ -67,7 +68,8 @@ class GenerateAndScore(Evaluation):
         self.concept, self.task, self.retain_role, self.reference = concept, task, retain_role, reference
         self.forget_file, self.retain_file = forget_prompts, retain_prompts
         self.samples, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
-        self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features)
+        self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features,
+                           subject_judge=subject_judge)  # fmt: skip
         if clip:  # CSDR against the stripped prompts: only they exist for remove_word tasks
             if retain_role != "remove_word":
                 raise IGMUError("CSDR needs stripped prompts: set retain_role: remove_word (nudity, style)")

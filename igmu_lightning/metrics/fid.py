@@ -13,6 +13,8 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from igmu_lightning.errors import IGMUError
+
 
 class FIDNumericsWarning(UserWarning):
     """The matrix square root or the distance itself came out further from a real, non-negative
@@ -59,6 +61,22 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     return max(value, 0.0)
 
 
+def inception_missing(err: BaseException) -> str:
+    """The one-line message for FID Inception weights that could not be fetched."""
+    from torch.hub import get_dir
+
+    reason = str(getattr(err, "reason", "") or err).splitlines()[0] if str(err) else type(err).__name__
+    return (
+        f"cannot fetch the FID Inception weights ({reason}): pre-fetch them where torch-fidelity looks "
+        f"({get_dir()}/checkpoints/{INCEPTION_FILE}, from {INCEPTION_URL}), give fid_features a local "
+        "detector folder whose backbone computes the features, or set fid_features: null to skip FID"
+    )
+
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+
+
 class InceptionFeatures(nn.Module):
     """torchmetrics' FID Inception v3 (pool features) on images in [0, 1]; its weights are fetched
     by torch-fidelity on first use."""
@@ -67,7 +85,10 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(dims)])
+        try:
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(dims)])
+        except OSError as err:  # URLError, a refused connection, a partial file
+            raise IGMUError(inception_missing(err)) from None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images.clamp(0, 1) * 255).round().to(torch.uint8))
