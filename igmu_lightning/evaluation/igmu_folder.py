@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from igmu_lightning.data.captioned_folder import load_image
+from igmu_lightning.data.prompts import read_prompt_lines
 from igmu_lightning.data.labelled_folder import IMAGE_SUFFIXES
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
@@ -44,10 +45,14 @@ def list_images(folder: Path) -> dict[str, Path]:
 
 
 def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
-    """``{class: [prompt]}`` of one task of an IGMU prompt file, with one-line errors."""
+    """``{class: [prompt]}`` of one task of an IGMU prompt file (JSON), with one-line errors. Any
+    other file is HUB's one prompt a line (a headerless ``.csv`` or a ``.txt``): one class, named
+    after the file's stem."""
     path = Path(path)
     if not path.is_file():
         raise IGMUError(f"prompt file '{path}' does not exist")
+    if path.suffix.lower() != ".json":
+        return {path.stem: read_prompt_lines(path)}
     try:
         tasks = json.loads(path.read_text())
     except json.JSONDecodeError as err:
