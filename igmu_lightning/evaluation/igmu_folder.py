@@ -20,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from igmu_lightning.data.captioned_folder import load_image
-from igmu_lightning.data.prompts import read_prompt_lines
 from igmu_lightning.data.labelled_folder import IMAGE_SUFFIXES
+from igmu_lightning.data.prompts import read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import is_main, share

@@ -13,7 +13,7 @@ def test_yolo_person_slot_names_the_missing_weights(tmp_path):
 def test_yolo_person_without_ultralytics_is_a_one_line_error(tmp_path):
     pytest.importorskip("nudenet")
     try:
-        import ultralytics  # noqa: F401
+        import ultralytics
     except ImportError:
         weights = tmp_path / "yolo_person.pt"
         weights.write_bytes(b"not read: the import fails first")

@@ -38,7 +38,7 @@ def test_per_image_clip_scores_equal_torchmetrics(scorer):
     from torchmetrics.functional.multimodal import clip_score
     from torchmetrics.multimodal import CLIPScore
 
-    model_and_processor = lambda: (Transformers5Features(scorer.model), scorer.processor)  # noqa: E731
+    model_and_processor = lambda: (Transformers5Features(scorer.model), scorer.processor)
     torch.manual_seed(1)
     images = torch.rand(len(PROMPTS), 3, 40, 48)  # not the model's 32x32: the processor resizes and crops
     ours = scorer(images, PROMPTS)
@@ -66,7 +66,7 @@ def test_uint8_images_are_resized_before_rescaling_in_torchmetrics(scorer):
     resized image the scores then differ a little (not at the model's own resolution)."""
     from torchmetrics.functional.multimodal import clip_score
 
-    model_and_processor = lambda: (Transformers5Features(scorer.model), scorer.processor)  # noqa: E731
+    model_and_processor = lambda: (Transformers5Features(scorer.model), scorer.processor)
     torch.manual_seed(2)
     for size, differs in (((40, 48), True), ((32, 32), False)):
         images = (torch.rand(3, 3, *size) * 255).round().to(torch.uint8)
