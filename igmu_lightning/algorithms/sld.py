@@ -9,6 +9,11 @@ Per step, with eps_0 / eps_p / eps_S the predictions for "", the prompt and S (o
     eps = eps_0 + guidance_scale * g
 ``warmup`` counts sampler steps, as the official step index does: medium's 10 skips 20% of the
 official 50-step trajectory but 40% of a 25-step one (docs/parity.md).
+Images equal diffusers' ``StableDiffusionPipelineSafe`` with the same five numbers and concept
+(tests/algorithms/test_sld.py, within 1/255; measured ~3e-7), warmup counted the same way (step
+index from 0, guided once it is >= warmup; the momentum is updated during warmup). One difference:
+diffusers switches SLD off (and warns "Safety checker disabled!") unless guidance_scale > 1 and
+s_S > 1; this rule applies at any scale (at guidance_scale 1: eps = eps_p - g_S).
 The guidance rides on the backbone (``backbone.guidance``), so every sampler, evaluator and export
 of that backbone uses it; an exported folder keeps it in ``igmu_guidance.json``."""
 

@@ -1,6 +1,10 @@
-"""Prompt-only training data, for algorithms that need no images (ESD, UCE, SLD...)."""
+"""Prompt-only training data, for algorithms that need no images (ESD, UCE, SLD...), and readers
+of HUB's prompt files (target, multilingual and adversarial prompts) for generate-and-score."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
@@ -39,3 +43,80 @@ class PromptData(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(PromptCycle(self.prompts, self.batch_size * self.steps_per_epoch), self.batch_size, shuffle=True)
+
+
+# --- HUB's prompt files ----------------------------------------------------------------------
+# HUB (Moon et al., "Holistic Unlearning Benchmark") ships its prompts as plain files:
+#   target prompts: a headerless CSV, one prompt a line;
+#   multilingual prompts: a CSV with header Original,Spanish,French,German,Italian,Portuguese,Index;
+#   adversarial prompts: one prompt a line (1,000 a concept).
+MULTILINGUAL_COLUMNS = ("Original", "Spanish", "French", "German", "Italian", "Portuguese", "Index")
+
+
+def _read_text(path: str | Path, what: str) -> tuple[Path, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise IGMUError(f"{what} '{path}' does not exist")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise IGMUError(f"{what} '{path}' is a binary file (or UTF-16), not UTF-8 text: save it as UTF-8 CSV")
+    try:
+        text = data.decode("utf-8-sig")  # a BOM from spreadsheet exports is dropped
+    except UnicodeDecodeError as err:
+        raise IGMUError(f"{what} '{path}' is not UTF-8 text (byte {err.start}): save it as UTF-8 CSV") from None
+    if not text.strip():
+        raise IGMUError(f"{what} '{path}' is empty: give one prompt a line")
+    return path, text
+
+
+def read_prompt_lines(path: str | Path, what: str = "prompt file") -> list[str]:
+    """Prompts of a HUB target CSV (headerless, one prompt a line) or adversarial prompt file
+    (one a line). A line that is one CSV-quoted field (``"a cat, by Van Gogh"``) is unquoted;
+    any other line is taken whole; blank lines are skipped."""
+    path, text = _read_text(path, what)
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith('"'):
+            try:
+                fields = next(csv.reader([line], strict=True))
+            except csv.Error as err:
+                raise IGMUError(f"{what} '{path}' line {number} is not a valid CSV field ({err}): quote it as \"...\" with inner quotes doubled") from None
+            if len(fields) != 1:
+                raise IGMUError(f"{what} '{path}' line {number} holds {len(fields)} CSV fields: one prompt a line, quoted when it has commas")
+            line = fields[0]
+        line = line.strip()
+        if not line:
+            raise IGMUError(f"{what} '{path}' line {number} is an empty quoted prompt")
+        prompts.append(line)
+    return prompts
+
+
+def read_multilingual_csv(path: str | Path) -> dict[str, list[str]]:
+    """HUB's multilingual prompts: ``{language: [prompt, ...]}`` for Original, Spanish, French,
+    German, Italian and Portuguese (lower-cased), row for row; ``Index`` must be an integer."""
+    what = "multilingual prompt file"
+    path, text = _read_text(path, what)
+    rows = list(csv.reader(text.splitlines()))
+    rows = [(n, row) for n, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
+    header = [cell.strip() for cell in rows[0][1]]
+    if tuple(header) != MULTILINGUAL_COLUMNS:
+        raise IGMUError(
+            f"{what} '{path}' has header {','.join(header)}; HUB's multilingual CSV has {','.join(MULTILINGUAL_COLUMNS)}"
+        )
+    if len(rows) == 1:
+        raise IGMUError(f"{what} '{path}' has a header but no prompts")
+    languages = {column.lower(): [] for column in MULTILINGUAL_COLUMNS[:-1]}
+    for number, row in rows[1:]:
+        if len(row) != len(MULTILINGUAL_COLUMNS):
+            raise IGMUError(
+                f"{what} '{path}' line {number} has {len(row)} fields, not {len(MULTILINGUAL_COLUMNS)}: quote prompts that hold commas"
+            )
+        if not row[-1].strip().lstrip("-").isdigit():
+            raise IGMUError(f"{what} '{path}' line {number}: Index '{row[-1]}' is not an integer")
+        for column, cell in zip(MULTILINGUAL_COLUMNS[:-1], row):
+            if not cell.strip():
+                raise IGMUError(f"{what} '{path}' line {number} has no {column} prompt")
+            languages[column.lower()].append(cell.strip())
+    return languages

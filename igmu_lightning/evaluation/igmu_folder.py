@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.data.labelled_folder import IMAGE_SUFFIXES
+from igmu_lightning.data.prompts import read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import is_main, share
@@ -44,10 +45,14 @@ def list_images(folder: Path) -> dict[str, Path]:
 
 
 def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
-    """``{class: [prompt]}`` of one task of an IGMU prompt file, with one-line errors."""
+    """``{class: [prompt]}`` of one task of an IGMU prompt file (JSON), with one-line errors. Any
+    other file is HUB's one prompt a line (a headerless ``.csv`` or a ``.txt``): one class, named
+    after the file's stem."""
     path = Path(path)
     if not path.is_file():
         raise IGMUError(f"prompt file '{path}' does not exist")
+    if path.suffix.lower() != ".json":
+        return {path.stem: read_prompt_lines(path)}
     try:
         tasks = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -94,12 +99,17 @@ class IGMUFolder(Evaluation):
     task: the key of the task in the prompt file (``nudity``, ``style_vangogh``...).
     judge: the detector that decides whether the target is present.
     target: the judge's class name that means "the target is present".
-    reference: the original model's method folder.
-    fid_features: ``inception`` or a detector folder whose backbone gives the FID features.
+    reference: the original model's method folder (one of the folders under ``forgot/``).
+    fid_features: ``inception`` (torchmetrics' FID Inception; its weights are fetched on first use),
+        a detector folder whose backbone gives the FID features, or None: no FID, and each method's
+        ``skipped`` says which FIDs were left out.
     distance_features: a timm detector folder for the paired feature distance (None: skipped).
     clip: a CLIP model (hub id or folder) for CSDR (None: skipped).
     stripped_prompts: IGMU's ``retain.json`` holding, index for index, the forget prompts with the
         concept words removed (nudity, style); CSDR scores both models' images against them.
+    subject_judge: a person-present judge (``judges.NudeNetPerson``, ``judges.YOLOPerson``) run on
+        the forget images: ``preservation.subject_kept``, the share where the subject is still drawn.
+    subject_class: the subject judge's class that means "present".
     """
 
     shares_work = True
@@ -113,11 +123,13 @@ class IGMUFolder(Evaluation):
         judge: JudgeSpec,
         target: str,
         reference: str = "ORG",
-        fid_features: str = "inception",
+        fid_features: str | None = "inception",
         distance_features: str | None = None,
         clip: str | None = None,
         stripped_prompts: str | None = None,
         batch_size: int = 64,
+        subject_judge: JudgeSpec | None = None,
+        subject_class: str = "present",
     ) -> None:
         if clip and not stripped_prompts:
             raise IGMUError("CSDR needs stripped_prompts (IGMU's retain.json for nudity and style tasks)")
@@ -126,6 +138,7 @@ class IGMUFolder(Evaluation):
         self.prompts_file, self.task, self.judge_spec, self.target = Path(prompts), task, judge, target
         self.reference, self.fid_features, self.distance_features = reference, fid_features, distance_features
         self.batch_size = batch_size
+        self.subject_spec, self.subject_class = subject_judge, subject_class
 
     def _prompts(self) -> list[list[str]]:
         return list(read_prompt_file(self.prompts_file, self.task).values())
@@ -146,13 +159,28 @@ class IGMUFolder(Evaluation):
         methods = sorted(p.name for p in forgot.iterdir() if p.is_dir())
         if not methods:
             raise IGMUError(f"'{forgot}' holds no method folders")
+        if self.reference not in methods:
+            raise IGMUError(
+                f"reference '{self.reference}' is not a method folder under '{forgot}' (found: {', '.join(methods)}): "
+                "set reference to the original model's folder"
+            )
         judge = self.judge_spec.build()
         if isinstance(judge, nn.Module):
             judge.to(self.device)
         if self.target not in judge.class_names:
             raise IGMUError(f"target '{self.target}' is not a class of the judge ({', '.join(judge.class_names)})")
         target = judge.class_names.index(self.target)
-        fid_net = feature_extractor(self.fid_features).to(self.device)
+        subject, present = None, None
+        if self.subject_spec is not None:
+            subject = self.subject_spec.build()
+            if isinstance(subject, nn.Module):
+                subject.to(self.device)
+            if self.subject_class not in subject.class_names:
+                raise IGMUError(
+                    f"subject_class '{self.subject_class}' is not a class of the subject judge ({', '.join(subject.class_names)})"
+                )
+            present = subject.class_names.index(self.subject_class)
+        fid_net = feature_extractor(self.fid_features).to(self.device) if self.fid_features is not None else None
         distance_net = None
         if self.distance_features:
             distance_net = TimmFeatureMaps(feature_extractor(self.distance_features)).to(self.device)
@@ -168,6 +196,11 @@ class IGMUFolder(Evaluation):
             rate = ClassRate(target)
             rate.update(self._predict(judge, own_share(list(forget_files.values()))))
             metrics["forgetting.target_rate"] = rate.summary(seed)
+            skipped = {}
+            if subject is not None:
+                kept_subject = ClassRate(present)
+                kept_subject.update(self._predict(subject, own_share(list(forget_files.values()))))
+                metrics["preservation.subject_kept"] = kept_subject.summary(seed)
             unrelated = list_images(self.folder / "unrelated" / method)
             if unrelated:
                 kept = SampleRate()
@@ -178,14 +211,19 @@ class IGMUFolder(Evaluation):
                     continue
                 keys_m, keys_t = sorted(mine), sorted(theirs)
                 pairs = match_pairs(keys_m, keys_t)
+                if fid_net is None:
+                    skipped[f"preservation.fid_{suffix}"] = "fid_features is null"
+                    if distance_net is None:
+                        continue
                 part = share(len(pairs), "images")
                 ours = self._load([mine[keys_m[i]] for i, _ in pairs[part]])
                 refs = self._load([theirs[keys_t[j]] for _, j in pairs[part]])
-                order = torch.arange(part.start, part.stop)  # positions keep the bootstrap split-free
-                fid = FID(feature=fid_net)
-                fid.update(refs, real=True, order=order)
-                fid.update(ours, real=False, order=order)
-                metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
+                if fid_net is not None:
+                    order = torch.arange(part.start, part.stop)  # positions keep the bootstrap split-free
+                    fid = FID(feature=fid_net)
+                    fid.update(refs, real=True, order=order)
+                    fid.update(ours, real=False, order=order)
+                    metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
                 if distance_net is not None:
                     distance = FeatureDistance(distance_net)
                     distance.update(ours, refs)
@@ -193,6 +231,8 @@ class IGMUFolder(Evaluation):
             if scorer is not None and method != self.reference:
                 metrics["alignment.csdr"] = self._csdr(scorer, stripped, forgot, method, seed)
             results[method] = {"aspects": by_aspect(metrics)}
+            if skipped:  # metrics that applied but were not computed, and why
+                results[method]["skipped"] = skipped
             if is_main():  # the one process that writes the results
                 hashes[method] = {"images": files_hash(self.folder, method)}
         return EvaluationOutput(results, hashes)

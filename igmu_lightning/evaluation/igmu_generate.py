@@ -5,6 +5,9 @@ elsewhere: the SD-scale path of ``evaluate.py`` for diffusers folders and run ch
     <out>/<Concept>/remove_word/ORG/<Class>/i_j_k.png         the original, stripped prompts
     <out>/<Concept>/unrelated/<METHOD>/<Class>/i_j_k.png      every model, unrelated prompts
 
+    <out>/<Concept>/multilingual/<METHOD>/<language>/0_j_k.png   HUB's multilingual prompts
+    <out>/<Concept>/adversarial/<METHOD>/<name>/0_j_k.png        adversarial prompt files
+
 Seeds depend only on (i, j, k), so every model draws each prompt from the same noise, and an
 image already on disk is not generated again (an interrupted run resumes where it stopped).
 Under several processes each writes a contiguous share of every folder, then all score together."""
@@ -13,15 +16,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.data.captioned_folder import load_image
+from igmu_lightning.data.prompts import read_multilingual_csv, read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import barrier, is_main
 from igmu_lightning.evaluation.generation import save_png
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, own_share, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
+from igmu_lightning.metrics import ClassRate
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
 
@@ -31,9 +39,15 @@ class GenerateAndScore(Evaluation):
     original: the model before unlearning.
     out: where the IGMU layout is written (kept: it is the evaluation's image record).
     concept, task: folder name and prompt-file key (``Nudity`` / ``nudity``).
-    forget_prompts: ``forgot.json``; retain_prompts: ``retain.json`` (stripped prompts for nudity
-        and style, unrelated classes for objects); ``retain_role`` says which.
-    judge, target, fid_features, distance_features, clip: as ``IGMUFolder``.
+    forget_prompts: ``forgot.json``, or HUB's headerless target CSV (one prompt a line).
+    retain_prompts: ``retain.json`` (stripped prompts for nudity and style, unrelated classes for
+        objects; ``retain_role`` says which), a one-prompt-a-line file, or None (not generated).
+    multilingual_prompts: HUB's multilingual CSV (``Original,Spanish,French,German,Italian,
+        Portuguese,Index``): ``robustness.multilingual.<language>.target_rate`` per language.
+    adversarial_prompts: name -> a file of adversarial prompts, one a line:
+        ``robustness.adversarial.<name>.target_rate`` (every prompt counts, also those that
+        already worked before any attack).
+    judge, target, fid_features, distance_features, clip, subject_judge: as ``IGMUFolder``.
     samples_per_prompt: k in i_j_k.
     """
 
@@ -47,7 +61,7 @@ class GenerateAndScore(Evaluation):
         concept: str,
         task: str,
         forget_prompts: str,
-        retain_prompts: str,
+        retain_prompts: str | None,
         judge: JudgeSpec,
         target: str,
         retain_role: str = "remove_word",
@@ -55,9 +69,12 @@ class GenerateAndScore(Evaluation):
         samples_per_prompt: int = 1,
         sampler: SamplerSettings | None = None,
         batch_size: int = 8,
-        fid_features: str = "inception",
+        fid_features: str | None = "inception",
         distance_features: str | None = None,
         clip: str | None = None,
+        subject_judge: JudgeSpec | None = None,
+        multilingual_prompts: str | None = None,
+        adversarial_prompts: dict[str, str] | None = None,
     ) -> None:
         if retain_role not in ("remove_word", "unrelated"):
             raise IGMUError(f"retain_role must be remove_word or unrelated, got '{retain_role}'")
@@ -67,9 +84,14 @@ class GenerateAndScore(Evaluation):
         self.concept, self.task, self.retain_role, self.reference = concept, task, retain_role, reference
         self.forget_file, self.retain_file = forget_prompts, retain_prompts
         self.samples, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
-        self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features)
+        self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features,
+                           subject_judge=subject_judge)  # fmt: skip
+        self.multilingual_file, self.adversarial_files = multilingual_prompts, dict(adversarial_prompts or {})
+        for name in self.adversarial_files:
+            if not name or "/" in name or "." in name:
+                raise IGMUError(f"adversarial prompt set name '{name}' must be a plain folder name (no '/' or '.')")
         if clip:  # CSDR against the stripped prompts: only they exist for remove_word tasks
-            if retain_role != "remove_word":
+            if retain_role != "remove_word" or not retain_prompts:
                 raise IGMUError("CSDR needs stripped prompts: set retain_role: remove_word (nudity, style)")
             self.scorer.update(clip=clip, stripped_prompts=retain_prompts)
 
@@ -88,9 +110,33 @@ class GenerateAndScore(Evaluation):
             for (path, _, _), image in zip(chunk, images):
                 save_png(path, image)
 
+    def _robustness_sets(self) -> dict[str, dict[str, list[str]]]:
+        """``{"multilingual": {language: prompts}, "adversarial": {name: prompts}}``, read (and
+        checked) before any image is generated."""
+        sets = {}
+        if self.multilingual_file:
+            sets["multilingual"] = read_multilingual_csv(self.multilingual_file)
+        if self.adversarial_files:
+            sets["adversarial"] = {
+                name: read_prompt_lines(path, f"adversarial prompt file '{name}'") for name, path in self.adversarial_files.items()
+            }
+        return sets
+
+    def _target_rate(self, judge, target: int, folder: Path, seed: int) -> dict:
+        """Target rate of the judge over the images in ``folder`` (this process's share)."""
+        files = own_share(sorted(folder.glob("*.png")))
+        predictions = [
+            judge.predict(torch.stack([load_image(p) for p in files[i : i + self.batch_size]]).to(self.device)).to(self.device)
+            for i in range(0, len(files), self.batch_size)
+        ]
+        rate = ClassRate(target)
+        rate.update(torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=self.device))
+        return rate.summary(seed)
+
     def run(self, seed: int) -> EvaluationOutput:
         forget = read_prompt_file(self.forget_file, self.task)
-        retain = read_prompt_file(self.retain_file, self.task)
+        retain = read_prompt_file(self.retain_file, self.task) if self.retain_file else None
+        robustness = self._robustness_sets()
         root = self.out / self.concept
         hashes = {}
         for name, spec in [(self.reference, self.original), *self.methods.items()]:
@@ -98,14 +144,30 @@ class GenerateAndScore(Evaluation):
             hashes[name] = model.hashes()
             sampler = Sampler(model, self.settings, batch_size=self.batch_size)
             self._write(sampler, root / "forgot" / name, forget, seed)
-            if self.retain_role == "unrelated":
+            if retain is not None and self.retain_role == "unrelated":
                 self._write(sampler, root / "unrelated" / name, retain, seed)
-            elif name == self.reference:
+            elif retain is not None and name == self.reference:
                 self._write(sampler, root / "remove_word" / name, retain, seed)
+            for kind, sets in robustness.items():
+                for set_name, prompts in sets.items():  # one class each: i = 0, so j follows the file's rows
+                    self._write(sampler, root / kind / name, {set_name: prompts}, seed)
         barrier()  # every share of every folder is on disk before any process scores them
         scorer = IGMUFolder(
             str(self.out), self.concept, self.forget_file, self.task, reference=self.reference, **self.scorer
         )
         scorer.device = self.device
         scored = scorer.run(seed)
+        if robustness:
+            judge = self.scorer["judge"].build()
+            if isinstance(judge, nn.Module):
+                judge.to(self.device)
+            target = judge.class_names.index(self.scorer["target"])
+            for name in [self.reference, *self.methods]:  # not other folders an earlier run left in out/
+                aspect = scored.methods[name]["aspects"].setdefault("robustness", {})
+                for kind, sets in robustness.items():
+                    for set_name in sets:
+                        aspect[f"{kind}.{set_name}.target_rate"] = self._target_rate(
+                            judge, target, root / kind / name / set_name, seed
+                        )
+                scored.methods[name]["aspects"]["robustness"] = dict(sorted(aspect.items()))
         return EvaluationOutput(scored.methods, hashes)

@@ -6,7 +6,7 @@ from PIL import Image
 
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder
-from igmu_lightning.evaluation.judges import SavedDetector
+from igmu_lightning.evaluation.judges import JudgeSpec, SavedDetector
 from igmu_lightning.world.concepts import Scene
 from igmu_lightning.world.render import render
 from tests.conftest import ROOT
@@ -95,3 +95,107 @@ def test_csdr_pairs_images_by_name_against_stripped_prompts(igmu_layout, tmp_pat
     assert csdr["value"] == pytest.approx(expected, rel=1e-4)
     with pytest.raises(IGMUError, match="CSDR needs stripped_prompts"):
         evaluation(root, prompts, clip=str(clip))
+
+
+def test_fid_features_null_skips_fid_and_says_so(igmu_layout):
+    root, prompts = igmu_layout
+    for j in range(6):
+        draw(root / "Triangle/remove_word/ORG/triangle" / f"0_{j}_0.png", "circle", j)
+    output = evaluation(root, prompts, fid_features=None).run(seed=0)
+    esd, org = output.methods["ESD"], output.methods["ORG"]
+    assert not any(name.startswith("fid") for m in output.methods.values() for name in m["aspects"]["preservation"])
+    assert esd["skipped"] == {"preservation.fid_remove_word": "fid_features is null", "preservation.fid_retain": "fid_features is null"}
+    assert org["skipped"] == {"preservation.fid_remove_word": "fid_features is null"}
+    assert esd["aspects"]["preservation"]["feature_distance_retain"]["n"] == 6  # the rest is still scored
+    assert "skipped" not in evaluation(root, prompts).run(seed=0).methods["ESD"]
+
+
+def test_a_reference_that_names_no_method_folder_is_an_error(igmu_layout):
+    with pytest.raises(IGMUError, match=r"reference 'SD14' is not a method folder under .* \(found: ESD, ORG\)"):
+        evaluation(*igmu_layout, reference="SD14").run(seed=0)
+
+
+class Brightness:
+    """A stub person judge: 'present' when the image's mean is above 0.5."""
+
+    class_names = ["absent", "present"]
+
+    def predict(self, images):
+        return (images.mean(dim=(1, 2, 3)) > 0.5).long()
+
+
+class StubSubject(JudgeSpec):
+    def build(self):
+        return Brightness()
+
+
+def test_subject_judge_reports_subject_kept_per_method(tmp_path):
+    root = tmp_path / "images"
+    for j in range(4):  # ORG keeps the subject everywhere, ESD in one image of four
+        for method, bright in (("ORG", True), ("ESD", j == 0)):
+            path = root / "Triangle/forgot" / method / "triangle" / f"0_{j}_0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((32, 32, 3), 230 if bright else 20, np.uint8)).save(path)
+    prompts = tmp_path / "forgot.json"
+    prompts.write_text(json.dumps({"object_triangle": {"triangle": [f"a red triangle {j}" for j in range(4)]}}))
+    output = evaluation(root, prompts, fid_features=None, distance_features=None, subject_judge=StubSubject()).run(seed=0)
+    kept = {m: output.methods[m]["aspects"]["preservation"]["subject_kept"] for m in ("ORG", "ESD")}
+    assert kept["ORG"]["value"] == 1.0 and kept["ESD"]["value"] == 0.25 and kept["ESD"]["n"] == 4
+    with pytest.raises(IGMUError, match="subject_class 'person' is not a class of the subject judge"):
+        evaluation(root, prompts, fid_features=None, subject_judge=StubSubject(), subject_class="person").run(seed=0)
+
+
+# --- configs/eval/igmu_folder_nudity.yaml through evaluate.py, offline -------------------------
+NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}  # fmt: skip
+
+
+@pytest.fixture
+def nudity_folder(tmp_path):
+    """A tiny IGMU nudity layout: ORG drew a person (a real photo), ESD drew none (shapes);
+    ORG's stripped-prompt images exist, as IGMU writes them."""
+    photo = Image.open(ROOT / "tests/assets/astronaut_128.png").convert("RGB")
+    root = tmp_path / "images"
+    for c, cls in enumerate(["nude", "naked"]):
+        for j in range(2):
+            for folder in ("forgot/ORG", "remove_word/ORG"):
+                (root / "Nudity" / folder / cls).mkdir(parents=True, exist_ok=True)
+                photo.save(root / "Nudity" / folder / cls / f"{c}_{j}_0.png")
+            draw(root / "Nudity/forgot/ESD" / cls / f"{c}_{j}_0.png", "circle", 10 * c + j)
+    prompts = tmp_path / "forgot.json"
+    prompts.write_text(json.dumps({"nudity": {"nude": ["a nude woman", "a nude man"], "naked": ["a naked woman", "a naked man"]}}))
+    return root, prompts
+
+
+def run_nudity(root, prompts, results, *extra, env=None):
+    from tests.conftest import run_script
+
+    return run_script("evaluate.py", "--config", "configs/eval/igmu_folder_nudity.yaml", "--results_path", str(results),
+                      "--evaluation.init_args.root", str(root), "--evaluation.init_args.prompts", str(prompts), *extra,
+                      env={**NO_NETWORK, **(env or {})})  # fmt: skip
+
+
+def test_nudity_config_scores_an_igmu_folder_offline(nudity_folder, tmp_path):
+    results = tmp_path / "nudity.json"
+    done = run_nudity(*nudity_folder, results, env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    methods = json.loads(results.read_text())["methods"]
+    assert set(methods) == {"ESD", "ORG"}
+    for name, kept in (("ORG", 1.0), ("ESD", 0.0)):
+        aspects = methods[name]["aspects"]
+        assert aspects["forgetting"]["target_rate"] == {"value": 0.0, "ci95": [0.0, 0.0], "n": 4}  # no nudity drawn
+        assert aspects["preservation"]["subject_kept"]["value"] == kept and aspects["preservation"]["subject_kept"]["n"] == 4
+    assert methods["ORG"]["skipped"] == {"preservation.fid_remove_word": "fid_features is null"}
+
+
+def test_missing_inception_weights_are_one_error_line(nudity_folder, tmp_path):
+    results = tmp_path / "nudity.json"
+    done = run_nudity(*nudity_folder, results, "--evaluation.init_args.fid_features", "inception",
+                      env={"TORCH_HOME": str(tmp_path / "empty_torch_home")})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert errors[0].startswith("error: cannot fetch the FID Inception weights")
+    for fix in ("pre-fetch them", "empty_torch_home/hub/checkpoints/weights-inception", "detector folder", "fid_features: null"):
+        assert fix in errors[0]
+    assert not results.exists()

@@ -2,8 +2,6 @@
 (repository @ commit : file : line). An edit that breaks parity fails here; a deliberate change
 must change this table and docs/parity.md together."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -72,10 +70,11 @@ OFFICIAL = {
         "model.lr": 1.6e-5, "trainer.max_steps": 100,  # 2e-6 x 4 x 2 GPUs
         "model.anchor_prompts_file": "data/sd14/concept_ablation/painting.txt",  # CA/train.py:672-674
     },
+    # CA/README.md:55-68 object recipe (anchor prompts: ours, see docs/parity.md)
     "ca_church": {**CA_COMMON, "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0, "model.lr": 1.6e-5,
-                  "trainer.max_steps": 100},  # CA/README.md:55-68 object recipe  # fmt: skip
+                  "trainer.max_steps": 100, "model.mode": "object"},
     "ca_parachute": {**CA_COMMON, "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0, "model.lr": 1.6e-5,
-                     "trainer.max_steps": 100},  # fmt: skip
+                     "trainer.max_steps": 100, "model.mode": "object"},
     "fmn_nudity": FMN, "fmn_vangogh": FMN, "fmn_church": FMN, "fmn_parachute": FMN,
     "salun_nudity": {  # S:nsfw_removal.py:223-244 defaults; generate_mask.py:57-60, 78-107
         "model.pseudo_prompt": "a photo of a person wearing clothes", "model.alpha": 0.1, "model.lr": 1e-5,
@@ -83,11 +82,12 @@ OFFICIAL = {
         "model.trainable": ["unet"],
     },
     "salun_church": {  # S:SD/README.md:25 --train_method full --alpha 0.5 --lr 1e-5 --epochs 5
-        "model.alpha": 0.5, "model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5,
+        # S:random_label.py:80-83 pseudo = class (k + 1) % 10 of Imagenette's order: church (4) -> French horn
+        "model.pseudo_words": {"church": "French horn"}, "trainer.max_epochs": 5, "model.alpha": 0.5, "model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5,
         "data.batch_size": 8, "model.trainable": ["unet"],
     },
-    "salun_parachute": {
-        "model.alpha": 0.5, "model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5,
+    "salun_parachute": {  # parachute (9) -> tench (0)
+        "model.pseudo_words": {"parachute": "tench"}, "trainer.max_epochs": 5, "model.alpha": 0.5, "model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5,
         "data.batch_size": 8, "model.trainable": ["unet"],
     },
     "salun_vangogh": {"model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5, "data.batch_size": 8},
