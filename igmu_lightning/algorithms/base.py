@@ -36,7 +36,7 @@ class UnlearningModule(BackboneModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if "fsdp" in type(self.trainer.strategy).__name__.lower():
+        if self._trainer is not None and "fsdp" in type(self._trainer.strategy).__name__.lower():
             # FSDP re-materialises the sharded weights in its own forward hooks, which would silently
             # overwrite the originals swapped in for the teacher: its output would be the student's.
             raise IGMUError(

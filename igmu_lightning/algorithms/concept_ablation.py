@@ -248,6 +248,10 @@ class ConceptAblation(UnlearningModule):
         return mask
 
     # --- anchor images -------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.load_anchor_prompts()  # a missing prompt file stops the run before any model work
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         rank = self.global_rank if self._trainer is not None else 0

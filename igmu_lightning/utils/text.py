@@ -39,8 +39,8 @@ def read_texts(path: str, column: str | None = None) -> list[str]:
     """Non-empty texts of a file: a CSV's ``column`` when its header names it, else one text a line."""
     file = Path(path)
     if not file.is_file():
-        raise IGMUError(f"text file '{path}' does not exist: give the path of a CSV with a '{column}' column "
-                        "or of a file with one text a line")  # fmt: skip
+        kind = f"a CSV with a '{column}' column or a file" if column else "a file"
+        raise IGMUError(f"text file '{path}' does not exist: give the path of {kind} with one text a line")
     lines = file.read_text(encoding="utf-8").splitlines()
     header = next(csv.reader(lines[:1]), [])
     if column and column in header:
@@ -49,5 +49,5 @@ def read_texts(path: str, column: str | None = None) -> list[str]:
         texts = lines
     texts = [t.strip() for t in texts if t and t.strip()]
     if not texts:
-        raise IGMUError(f"text file '{path}' holds no text: give one text a line (or a CSV with a '{column}' column)")
+        raise IGMUError(f"text file '{path}' holds no text: give one text a line" + (f" (or a CSV with a '{column}' column)" if column else ""))
     return texts

@@ -93,6 +93,22 @@ def test_the_official_masked_reduction_by_hand(tiny_spec):
         make(tiny_spec, reduction="sum")
 
 
+def test_anchor_prompts_file_adds_its_prompts_when_the_run_is_set_up(tiny_spec, tmp_path):
+    """The official recipes read their anchor prompts from a file (assets/finetune_prompts/*.txt)."""
+    file = tmp_path / "people.txt"
+    file.write_text("a red square\n\n a blue square on a plain background \n")
+    module = ConceptAblation(tiny_spec, target="triangle", anchor="square", anchor_prompts_file=str(file))
+    assert module.anchor_prompts == []  # not read when the config is parsed
+    module.setup("fit")
+    assert module.anchor_prompts == ["a red square", "a blue square on a plain background"]
+    file.write_text("a green circle\n")  # no anchor word: refused like a listed prompt
+    with pytest.raises(IGMUError, match="lacks the anchor word"):
+        ConceptAblation(tiny_spec, target="triangle", anchor="square", anchor_prompts_file=str(file)).setup("fit")
+    missing = ConceptAblation(tiny_spec, target="triangle", anchor="square", anchor_prompts_file="nope.txt")
+    with pytest.raises(IGMUError, match="text file 'nope.txt' does not exist: give the path of a file"):
+        missing.setup("fit")
+
+
 def test_the_anchor_prediction_carries_no_gradient(tiny_spec):
     module = moved_student(tiny_spec, reduction="mean")
     unet, params = module.backbone.unet, module.trainable_parameters()
