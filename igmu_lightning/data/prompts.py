@@ -5,6 +5,7 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
 from igmu_lightning.errors import IGMUError
 
 
@@ -38,4 +39,5 @@ class PromptData(LightningDataModule):
         self.prompts, self.batch_size, self.steps_per_epoch = list(prompts), batch_size, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(PromptCycle(self.prompts, self.batch_size * self.steps_per_epoch), self.batch_size, shuffle=True)
+        data = PromptCycle(self.prompts, self.batch_size * self.steps_per_epoch)
+        return ResumableLoader(data, self.batch_size, sampler=ShuffleSampler(len(data)))
