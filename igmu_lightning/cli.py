@@ -1,5 +1,6 @@
-"""``LightningCLI`` for the project: class_path/init_args YAML configs, W&B by default, and a run
-record (resolved config, seed, package versions, model hashes) saved beside every run's logs."""
+"""``LightningCLI`` for the project: class_path/init_args YAML configs, W&B by default, a run
+record (resolved config, seed, package versions, model hashes) saved beside every run's logs, and a
+resumable ``last.ckpt`` every few steps (``--ckpt_path last`` continues the same run)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.io import atomic_write_json, atomic_write_text
 from igmu_lightning.utils.provenance import provenance
 
 DEFAULT_LOGGER = {"class_path": "igmu_lightning.logging.WandbLogger"}
+CHECKPOINTS_PER_RUN = 6  # the default cadence: last.ckpt every max_steps / 6 steps (50 of the world's 300)
+LIGHTNING_CKPT_NAMES = ("best", "hpc")  # --ckpt_path values Lightning resolves itself
 
 
 def run_directory(trainer: Trainer) -> Path:
@@ -49,6 +54,44 @@ class RunRecord(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """The CLI's default checkpoint: only ``last.ckpt`` in the run's ``checkpoints/``, rewritten every
+    ``every_n_train_steps`` steps (None: every epoch; 0: never) and at the end of fit, so a killed
+    run loses at most that many steps and a finished one can be evaluated (``FromCheckpoint``)."""
+
+    def __init__(self, every_n_train_steps: int | None = None, **kwargs) -> None:
+        kwargs = {"save_last": True, "save_top_k": 0, "enable_version_counter": False, **kwargs}
+        if every_n_train_steps is not None:
+            kwargs.setdefault("every_n_epochs", 0)
+        super().__init__(every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # not saved at this step yet
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def checkpoint_cadence(every: int | None, max_steps: int | None) -> int | None:
+    """Steps between checkpoints: ``every`` when given, else a sixth of ``max_steps`` (epoch ends
+    for runs without ``max_steps``)."""
+    if every is not None:
+        if every < 0:
+            raise IGMUError(f"checkpoint_every must be >= 0 (0: only at the end), got {every}")
+        return every
+    return max(1, max_steps // CHECKPOINTS_PER_RUN) if max_steps and max_steps > 0 else None
+
+
+def checkpoint_run(path: Path) -> dict:
+    """The ``igmu.run`` record of a checkpoint (run id, wall time so far), read without loading its
+    tensors; {} for a checkpoint written before it was recorded."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:
+        raise IGMUError(f"checkpoint '{path}' cannot be read ({type(err).__name__}): give a Lightning .ckpt file") from None
+    return dict(state.get("igmu", {}).get("run", {})) if isinstance(state, dict) else {}
+
+
 class IGMUCLI(LightningCLI):
     """``train.py``: subcommands fit / validate / test / predict over any of the project's modules."""
 
@@ -71,11 +114,94 @@ class IGMUCLI(LightningCLI):
         )
 
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--checkpoint_every", type=Optional[int], default=None,
+            help="steps between resumable checkpoints (the run's checkpoints/last.ckpt, rewritten each time); "
+            "default: a sixth of trainer.max_steps; 0: only at the end; unused with trainer.enable_checkpointing false",
+        )  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        """Check ``--ckpt_path`` (one error line, not a traceback), resolve ``last`` to this config's
+        newest run, and make a resumed fit continue that run (same W&B id and folder)."""
+        sub = self.subcommand
+        config = self.config.get(sub) if sub else None
+        ckpt = config.get("ckpt_path") if config is not None else None
+        if ckpt is None or ckpt in LIGHTNING_CKPT_NAMES or str(ckpt).startswith("registry"):
+            return
+        if ckpt == "last":
+            path = self.last_checkpoint(config)
+        else:
+            path = Path(ckpt)
+            if not path.is_file():
+                raise IGMUError(f"--ckpt_path '{ckpt}' does not exist: give a run's checkpoint "
+                                "(logs/<project>/<run id>/checkpoints/last.ckpt) or 'last' for this config's newest run")  # fmt: skip
+        config["ckpt_path"] = str(path)
+        if sub == "fit":
+            self.continue_run(config, path)
+
+    def _wandb_args(self, config):
+        """The init args of a W&B logger config (None for no logger or another logger)."""
+        logger = config["trainer"].get("logger")
+        if hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("WandbLogger"):
+            if logger.get("init_args") is None:
+                logger["init_args"] = type(logger)()
+            return logger["init_args"]
+        return None
+
+    def _runs_root(self, config) -> Path | None:
+        """Where this config's run folders are: <save_dir>/<project> (W&B) or logs/offline (no logger)."""
+        trainer, wandb = config["trainer"], self._wandb_args(config)
+        if wandb is not None:
+            return Path(wandb.get("save_dir") or ".") / (wandb.get("project") or "lightning_logs")
+        if trainer.get("logger") is False:
+            root = Path(trainer.get("default_root_dir") or "logs")
+            return root / "offline" if str(trainer.get("default_root_dir")) == "logs" else root
+        return None
+
+    def last_checkpoint(self, config) -> Path:
+        """The newest ``checkpoints/last.ckpt`` of a run with this config's model and data."""
+        root = self._runs_root(config)
+        if root is None:
+            raise IGMUError("--ckpt_path last finds runs of the W&B logger or of runs without a logger: "
+                            "give this logger's checkpoint path instead")  # fmt: skip
+        current = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
+        found = []
+        for ckpt in [root / "checkpoints" / "last.ckpt", *root.glob("*/checkpoints/last.ckpt")]:
+            saved = ckpt.parent.parent / "config.yaml"
+            if ckpt.is_file() and saved.is_file():
+                previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+                if all(previous.get(k) == current.get(k) for k in ("model", "data")):
+                    found.append(ckpt)
+        if not found:
+            raise IGMUError(f"--ckpt_path last: no run under '{root}' with this model and data config has "
+                            "checkpoints/last.ckpt: start without --ckpt_path, or give a checkpoint's path")  # fmt: skip
+        return max(found, key=lambda p: p.stat().st_mtime)
+
+    def continue_run(self, config, path: Path) -> None:
+        """Log into the checkpoint's run: its W&B id (so its folder, config and last.ckpt), or its
+        folder for runs without a logger."""
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        wandb = self._wandb_args(config)
+        if wandb is not None and wandb.get("version") is None:
+            version = checkpoint_run(path).get("logger_version") or (run_dir.name if run_dir else None)
+            if version:
+                wandb["version"] = version
+        trainer = config["trainer"]
+        if trainer.get("logger") is False and str(trainer.get("default_root_dir")) == "logs" and run_dir is not None:
+            trainer["default_root_dir"] = str(run_dir)
+
     def instantiate_trainer(self, **kwargs):
         # The default progress bar for non-terminals must give way when a config turns bars off.
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("enable_progress_bar") is False:
             self.trainer_defaults = {k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        configured = trainer.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if trainer.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in configured):
+            every = checkpoint_cadence(self._get(self.config_init, "checkpoint_every"), trainer.get("max_steps"))
+            defaults = list(self.trainer_defaults.get("callbacks", []))
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, RunCheckpoint(every)]}
         if trainer.get("logger") is False and trainer.get("default_root_dir") == "logs":
             # No logger gives no run id: each such run gets its own folder, so a second run never
             # overwrites the first one's config.yaml, run.json or checkpoints.

@@ -76,6 +76,13 @@ def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | Non
     )
 
 
+def start_script(*args: str, cwd: Path = ROOT, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start an entry point in the background (to kill it mid-run); output goes to ``log``."""
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the child holds it)
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+
+
 def _gloo_worker(rank: int, world: int, port: int, fn, out: str) -> None:
     import torch
     import torch.distributed as dist

@@ -1,11 +1,14 @@
 import json
+import signal
 import time
+from pathlib import Path
 
+import pytest
 import wandb
 import yaml
 
 from igmu_lightning.cli import IGMUCLI
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, start_script
 
 CONFIG = "configs/finetune/sd14_captioned_folder.yaml"
 TINY = str(ROOT / "configs/backbone/tiny.yaml")
@@ -74,3 +77,70 @@ def test_runs_without_a_logger_never_share_a_folder(tmp_path, monkeypatch):
     for run in runs:
         assert json.loads((run / "run.json").read_text())["model_hashes"]["unet"]
         assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["default_root_dir"] == f"logs/offline/{run.name}"
+
+
+WORLD_ESD = str(ROOT / "configs/unlearn/world/esd_object.yaml")
+# ESD-x on the tiny backbone, 24 steps of 2 prompts, a checkpoint every 4 steps: a few seconds.
+RESUME_ARGS = [str(ROOT / "train.py"), "fit", "--config", WORLD_ESD, "--model.init_args.backbone", TINY, "--trainer.max_steps", "24",
+               "--checkpoint_every", "4", "--data.init_args.batch_size", "2", "--model.init_args.ddim_steps", "4",
+               "--trainer.enable_progress_bar", "false"]  # fmt: skip
+
+
+def delta_bytes(export: Path) -> tuple[dict, dict]:
+    """(metadata, {name: raw bytes}) of an export's ``igmu_delta.safetensors``."""
+    from safetensors import safe_open
+
+    with safe_open(str(export / "igmu_delta.safetensors"), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """kill -9 after a step checkpoint, then ``--ckpt_path last``: the exported delta is byte for byte
+    the uninterrupted run's, the W&B run id is the same, and the run record sums both parts' time."""
+    import torch
+
+    # Each process its own W&B service, as separate commands have (an in-process test may have
+    # started one in pytest's: the killed run's id would stay registered there).
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+    full = run_script(*RESUME_ARGS, "--model.init_args.export_dir", str(tmp_path / "full"), cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    runs = tmp_path / "logs" / "igmu-lightning"
+    first = set(runs.iterdir())
+    args = [*RESUME_ARGS, "--model.init_args.export_dir", str(tmp_path / "part")]
+    proc = start_script(*args, cwd=tmp_path, log=tmp_path / "killed.log")
+    deadline = time.monotonic() + 300
+    while not [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parents[1] not in first]:  # the first step checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run,) = [r for r in runs.iterdir() if r not in first]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 0 < state["global_step"] < 24 and not (tmp_path / "part").exists()  # killed mid-run
+
+    resumed = run_script(*args, "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at logs/igmu-lightning/{run.name}/" in resumed.stderr + resumed.stdout
+    assert "not resumable" not in resumed.stderr
+    # Every tensor's bytes and the metadata are the same. The files' bytes are not compared: safetensors
+    # writes the metadata keys in a per-process hash order (two uninterrupted runs differ there too).
+    assert delta_bytes(tmp_path / "part") == delta_bytes(tmp_path / "full")
+    assert set(runs.iterdir()) == first | {run}  # the same run folder, no new one
+    assert len(list((tmp_path / "logs" / "wandb").glob(f"offline-run-*-{run.name}"))) == 2  # one W&B id, two parts
+    wall = json.loads((tmp_path / "part" / "igmu_run.json").read_text())["wall_time_s"]
+    assert wall >= round(state["igmu"]["run"]["wall_time_s"], 1) + 0.1  # the first part's time is in it
+
+
+def test_a_missing_ckpt_path_is_one_error_line(tmp_path):
+    result = run_script("train.py", "fit", "--config", WORLD_ESD, "--ckpt_path", str(tmp_path / "none.ckpt"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --ckpt_path")
+    assert "Traceback" not in result.stderr and "none.ckpt" in result.stderr
+
+
+def test_ckpt_path_last_without_an_earlier_run_is_one_error_line(tmp_path):
+    result = run_script(str(ROOT / "train.py"), "fit", "--config", WORLD_ESD, "--ckpt_path", "last", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --ckpt_path last: no run under 'logs/igmu-lightning'" in result.stderr

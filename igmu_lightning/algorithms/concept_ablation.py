@@ -259,6 +259,23 @@ class ConceptAblation(UnlearningModule):
         self.generated = self.prepare_anchors()
         self._latents: dict[tuple[int, bool], torch.Tensor] = {}
 
+    def resume_state(self) -> dict:
+        """The anchor draws' generator and the latents of the anchors encoded so far (each was
+        sampled from the VAE posterior once, with that generator: encoding again would differ)."""
+        if getattr(self, "_rng", None) is None:
+            return {}
+        keys = list(getattr(self, "_latents", {}))
+        return {
+            "rng": self._rng.get_state(), "latent_keys": [[i, int(flip)] for i, flip in keys],
+            "latents": [self._latents[k].cpu() for k in keys],
+        }  # fmt: skip
+
+    def load_resume_state(self, state: dict) -> None:
+        if "rng" in state:
+            self._rng.set_state(state["rng"])
+            keys = [(int(i), bool(flip)) for i, flip in state["latent_keys"]]
+            self._latents = {k: t.to(self.device) for k, t in zip(keys, state["latents"])}
+
     def anchor_items(self) -> list[tuple[str, int]]:
         """(prompt, seed) of every anchor image; seeds follow from the prompt's text, so another
         prompt list keeps the images of the prompts it shares."""

@@ -147,6 +147,7 @@ class SalUn(UnlearningModule):
             checkpoint["salun_mask"] = {n: pack_bits(m.cpu()) for n, m in self.mask.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         packed = checkpoint.get("salun_mask")
         if packed is None:
             return

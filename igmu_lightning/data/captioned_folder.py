@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, random_split
 
+from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
 from igmu_lightning.errors import IGMUError
 
 
@@ -114,7 +115,9 @@ class CaptionedFolderData(LightningDataModule):
         self.val_set = ImageFiles(list(val), self.image_size, "prompt") if n_val else None
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers, drop_last=False)
+        return ResumableLoader(
+            self.train_set, self.batch_size, sampler=ShuffleSampler(len(self.train_set)), num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

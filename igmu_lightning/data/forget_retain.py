@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from igmu_lightning.data.captioned_folder import ImageFiles, read_metadata
+from igmu_lightning.utils.resumable import ResumableLoader
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.world.concepts import FAMILIES, MAIN_TEMPLATES, TARGETS, Scene
 from igmu_lightning.world.data import sample_scene
@@ -24,10 +25,11 @@ from igmu_lightning.world.render import render_tensor
 
 class PairSampler(Sampler):
     """``length`` index pairs (forget i, retain j): each side walks through its own reshuffled
-    passes over its set, from a generator seeded by (seed, side, epoch, pass)."""
+    passes over its set, from a generator seeded by (seed, side, epoch, pass); ``skip`` leaves the
+    first pairs out of the next pass (a resumed run, see ``ResumableLoader``)."""
 
     def __init__(self, n_forget: int, n_retain: int, length: int, seed: int = 0) -> None:
-        self.sizes, self.length, self.seed, self.epoch = (n_forget, n_retain), length, seed, 0
+        self.sizes, self.length, self.seed, self.epoch, self.skip = (n_forget, n_retain), length, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls it at every epoch start
         self.epoch = epoch
@@ -41,7 +43,14 @@ class PairSampler(Sampler):
         return np.concatenate(orders)[: self.length].tolist()
 
     def __iter__(self):
-        return iter(zip(self._order(0), self._order(1)))
+        skip, self.skip = self.skip, 0
+        return iter(list(zip(self._order(0), self._order(1)))[skip:])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
 
     def __len__(self) -> int:
         return self.length
@@ -81,7 +90,7 @@ class ForgetRetainData(LightningDataModule):
             self.setup("fit")
         n_retain = len(self.retain_set) if self.retain_set is not None else 0
         sampler = PairSampler(len(self.forget_set), n_retain, self.batch_size * self.steps_per_epoch, self.seed)
-        return DataLoader(
+        return ResumableLoader(
             PairedSets(self.forget_set, self.retain_set), self.batch_size, sampler=sampler,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )  # fmt: skip

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
 
 
 class PromptCycle(Dataset):
@@ -42,7 +43,8 @@ class PromptData(LightningDataModule):
         self.prompts, self.batch_size, self.steps_per_epoch = list(prompts), batch_size, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(PromptCycle(self.prompts, self.batch_size * self.steps_per_epoch), self.batch_size, shuffle=True)
+        data = PromptCycle(self.prompts, self.batch_size * self.steps_per_epoch)
+        return ResumableLoader(data, self.batch_size, sampler=ShuffleSampler(len(data)))
 
 
 # --- HUB's prompt files ----------------------------------------------------------------------

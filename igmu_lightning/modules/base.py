@@ -43,6 +43,8 @@ class BackboneModule(LightningModule):
                 p.requires_grad_(True)
             self.trainable_names = [f"backbone.{name}" for name in params]
         self._base_hashes: dict[str, str] | None = None
+        self._wall_before = 0.0  # seconds the earlier parts of a resumed run trained
+        self._pending_resume: dict | None = None
 
     def base_hashes(self) -> dict[str, str]:
         """Hashes of the backbone as loaded, before any training (cached: hashing SD takes seconds)."""
@@ -73,16 +75,51 @@ class BackboneModule(LightningModule):
         for key, value in hparams.items():  # plain data only: loadable with weights_only=True
             if isinstance(value, BackboneSpec):
                 hparams[key] = value.to_config()
-        checkpoint["igmu"] = {"base": self.backbone_spec.describe(), "base_hashes": self.base_hashes()}
+        run = {"wall_time_s": self.wall_time(), "logger_version": self._logger_version()}
+        checkpoint["igmu"] = {
+            "base": self.backbone_spec.describe(), "base_hashes": self.base_hashes(), "run": run,
+            "resume": self.resume_state(),
+        }  # fmt: skip
+
+    def _logger_version(self) -> str | None:
+        """The run id (W&B) a resumed run continues; None without a logger."""
+        logger = self._trainer.logger if self._trainer is not None else None
+        version = getattr(logger, "version", None)
+        return version if isinstance(version, str) else None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        igmu = checkpoint.get("igmu", {})
+        self._wall_before = float(igmu.get("run", {}).get("wall_time_s", 0.0))
+        self._pending_resume = igmu.get("resume")
+
+    def resume_state(self) -> dict:
+        """What an algorithm needs beyond its tensors, optimizer and the global RNG to continue a run
+        exactly (its own generators, caches); plain data. Put back by ``load_resume_state``."""
+        return {}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Put back ``resume_state``; called before the first batch after a resume (after
+        ``on_fit_start``, which may have built the objects it restores)."""
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._pending_resume is not None:
+            state, self._pending_resume = self._pending_resume, None
+            self.load_resume_state(state)
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def wall_time(self) -> float:
+        """Seconds of training so far, every part of a resumed run summed (an interrupted part counts
+        up to its last checkpoint: the steps after it were trained again)."""
+        return self._wall_before + time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+
     def efficiency_record(self) -> dict:
-        """Wall time and peak memory of this fit, and what was trained: EvalIGMU's efficiency."""
-        wall = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        """Wall time (all parts of a resumed run) and peak memory (of this process) of this fit, and
+        what was trained: EvalIGMU's efficiency."""
+        wall = self.wall_time()
         if self.device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
         else:  # the whole process's peak resident memory (Linux reports KiB)

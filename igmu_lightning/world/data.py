@@ -8,6 +8,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
 from igmu_lightning.world.concepts import (
     ATTRIBUTES,
     COLOURS,
@@ -121,12 +122,10 @@ class WorldData(LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader | list:
         if not self.sizes[split]:
             return []
-        return DataLoader(
-            self.dataset(split),
-            self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        data, loader = self.dataset(split), (ResumableLoader if shuffle else DataLoader)
+        sampler = ShuffleSampler(len(data)) if shuffle else None  # training: resumable mid-epoch
+        return loader(
+            data, self.batch_size, sampler=sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
         )
 
     def train_dataloader(self):
