@@ -27,7 +27,18 @@ def save_delta(path: str | Path, tensors: dict[str, torch.Tensor], base_hashes: 
         raise IGMUError("nothing to write into a delta: the model changed no tensor")
     metadata = {"format": FORMAT, "base": json.dumps(base.to_config()), "base_hashes": json.dumps(base_hashes, sort_keys=True)}
     data = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    return atomic_write_bytes(path, data)
+    return atomic_write_bytes(path, canonical_header(data))
+
+
+def canonical_header(data: bytes) -> bytes:
+    """The same safetensors bytes with the JSON header's keys sorted: safetensors writes its metadata
+    in a per-process hash order, so two identical runs would otherwise differ in a few header bytes."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(text) > size:  # never: the same keys and values, reordered
+        raise IGMUError("could not canonicalise the delta's header")
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
 def apply_tensors(

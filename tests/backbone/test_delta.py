@@ -42,3 +42,30 @@ def test_a_delta_refuses_another_base_and_bad_files(uce_export, tmp_path):
     save_file({"unet.x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(IGMUError, match="not an igmu-lightning delta"):
         WithDelta(str(tmp_path / "plain.safetensors")).build()
+
+
+def test_delta_bytes_do_not_depend_on_the_header_key_order(tmp_path):
+    """safetensors writes metadata keys in a per-process hash order; save_delta sorts them, so two
+    identical runs write identical files. A header with its keys in reverse order canonicalises to
+    the same bytes, and the file still reads."""
+    import json
+
+    from safetensors.torch import load_file, save
+
+    from igmu_lightning.backbone.delta import canonical_header
+
+    tensors = {"unet.b": torch.arange(6.0).view(2, 3), "unet.a": torch.ones(4)}
+    data = save(tensors, metadata={"format": "x", "base": "y", "base_hashes": "{}"})
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    reversed_header = json.dumps(dict(reversed(list(header.items()))), separators=(",", ":")).encode()
+    reversed_header = json.dumps(
+        {k: (dict(reversed(list(v.items()))) if k == "__metadata__" else v) for k, v in json.loads(reversed_header).items()},
+        separators=(",", ":"),
+    ).encode()
+    shuffled = data[:8] + reversed_header.ljust(size, b" ") + data[8 + size :]
+    assert shuffled != data or len(header["__metadata__"]) == 1
+    assert canonical_header(shuffled) == canonical_header(data)
+    (tmp_path / "d.safetensors").write_bytes(canonical_header(shuffled))
+    loaded = load_file(tmp_path / "d.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
