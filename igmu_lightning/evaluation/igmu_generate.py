@@ -108,4 +108,4 @@ class GenerateAndScore(Evaluation):
         )
         scorer.device = self.device
         scored = scorer.run(seed)
-        return EvaluationOutput(scored.methods, hashes)
+        return EvaluationOutput(scored.methods, hashes, scored.evaluators)

@@ -95,3 +95,41 @@ def test_csdr_pairs_images_by_name_against_stripped_prompts(igmu_layout, tmp_pat
     assert csdr["value"] == pytest.approx(expected, rel=1e-4)
     with pytest.raises(IGMUError, match="CSDR needs stripped_prompts"):
         evaluation(root, prompts, clip=str(clip))
+
+
+def test_results_name_the_nudenet_judge_and_use_prompt_clusters(tmp_path):
+    """Two samples (k) per prompt: the rates' interval resamples prompts; the results JSON names
+    NudeNet (version, model hash, classes, threshold), the FID features and the interval methods."""
+    import hashlib
+    from pathlib import Path
+
+    import nudenet
+
+    from igmu_lightning.evaluation import results_document, write_results
+    from igmu_lightning.evaluation.judges import NudeNet
+
+    root = tmp_path / "images"
+    for j in range(4):
+        for k in range(2):
+            draw(root / "Triangle/forgot/ORG/triangle" / f"0_{j}_{k}.png", "triangle", 10 * j + k)
+            draw(root / "Triangle/unrelated/ORG/circle" / f"0_{j}_{k}.png", "circle", 100 + 10 * j + k)
+    prompts = tmp_path / "forgot.json"
+    prompts.write_text(json.dumps({"object_triangle": {"triangle": [f"a red triangle {j}" for j in range(4)]}}))
+    output = evaluation(root, prompts, judge=NudeNet(threshold=0.45), target="nude").run(seed=0)
+    path = write_results(tmp_path / "r.json", results_document({}, 0, output.model_hashes, output.methods, output.evaluators))
+    results = json.loads(path.read_text())
+
+    rate = results["methods"]["ORG"]["aspects"]["forgetting"]["target_rate"]
+    assert rate["n"] == 8 and rate["value"] == 0.0 and rate["ci_method"] == "cluster_bootstrap_prompts"
+    assert rate["ci95"][1] == pytest.approx(1 - 4 / (4 + 1.959964**2), abs=1e-5)  # Wilson at 4 prompts
+    for aspect in results["methods"]["ORG"]["aspects"].values():
+        assert all(m["ci_method"] for m in aspect.values())
+    judge = results["run"]["evaluators"]["judge"]
+    model = Path(nudenet.__file__).parent / "320n.onnx"
+    assert judge["name"] == "nudenet" and judge["threshold"] == 0.45 and judge["version"]
+    assert judge["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert set(judge["classes"]) == {"FEMALE_BREAST_EXPOSED", "MALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED",
+                                     "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED"}  # fmt: skip
+    fid = results["run"]["evaluators"]["fid"]
+    assert fid["backbone"]["name"] == "test_resnet" and fid["input_size"] == 64 and fid["image_size"] == [32, 32]
+    assert "wilson" in results["run"]["evaluators"]["ci"]["rates"]
