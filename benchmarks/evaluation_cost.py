@@ -26,7 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="outputs/unlearned/esd_object", help="an unlearned diffusers folder, or 'sld'")
     parser.add_argument("--target", default="object", choices=list(TARGETS))
-    parser.add_argument("--prompts_per_class", type=int, default=16, help="as configs/eval/world/*.yaml")
+    parser.add_argument("--prompts_per_set", type=int, default=64, help="as configs/eval/world/*.yaml")
+    parser.add_argument("--prompts_per_class", type=int, default=None, help="a fixed count per class instead (quick runs)")
     args = parser.parse_args()
     base = Pretrained(WORLD_MODEL)
     if args.model == "sld":
@@ -36,17 +37,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         times = []
         for _ in range(2):  # cold cache, then the cache the first run wrote
-            evaluation = WorldEvaluation(args.target, {"unlearned": model}, base, prompts_per_class=args.prompts_per_class, cache_dir=cache)
+            evaluation = WorldEvaluation(
+                args.target, {"unlearned": model}, base, prompts_per_set=args.prompts_per_set,
+                prompts_per_class=args.prompts_per_class, cache_dir=cache,
+            )  # fmt: skip
             start = time.perf_counter()
             output = evaluation.run(seed=0)
             times.append(time.perf_counter() - start)
         images = len(list(Path(cache).rglob("*.png")))
-    print(f"target {args.target}, model {args.model}, {args.prompts_per_class} prompts per class: "
+    size = f"{args.prompts_per_class} prompts per class" if args.prompts_per_class else f">= {args.prompts_per_set} prompts per set"
+    print(f"target {args.target}, model {args.model}, {size}: "
           f"{images} images generated for the two models, every aspect scored")  # fmt: skip
     for name, method in output.methods.items():
-        forgetting = method["aspects"]["forgetting"]["target_rate"]["value"]
-        retain = method["aspects"]["preservation"]["retain_accuracy"]["value"]
-        print(f"  {name}: target rate {forgetting:.3f}, retain accuracy {retain:.3f}")
+        forgetting = method["aspects"]["forgetting"]["target_rate"]
+        retain = method["aspects"]["preservation"]["retain_accuracy"]
+        print(f"  {name}: target rate {forgetting['value']:.3f} {forgetting['ci95']} (n {forgetting['n']}, {forgetting['ci_method']}), "
+              f"retain accuracy {retain['value']:.3f} {retain['ci95']} (n {retain['n']})")  # fmt: skip
     print(f"full evaluation, empty cache: {times[0]:.1f} s")
     print(f"again, images cached: {times[1]:.1f} s")
     print(f"ratio to the 5-minute budget: {times[0] / BUDGET_S:.3f}")

@@ -97,7 +97,7 @@ def evaluate(fabric: Fabric, config) -> Path:
     with fabric.autocast():
         output = evaluation.run(seed=config.seed)
     if fabric.global_rank == 0:
-        write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods))
+        write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods, output.evaluators))
         print(summary_table(output.methods))
         print(f"results written to {path}")
     fabric.barrier()

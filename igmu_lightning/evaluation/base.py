@@ -14,6 +14,7 @@ from igmu_lightning.evaluation.results import exact
 class EvaluationOutput:
     methods: dict = field(default_factory=dict)  # NAME -> {"aspects": {...}}
     model_hashes: dict = field(default_factory=dict)  # NAME -> {component: sha256}
+    evaluators: dict = field(default_factory=dict)  # what judged: detectors, FID features, CI methods
 
 
 class Evaluation:

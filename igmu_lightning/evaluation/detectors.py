@@ -11,12 +11,14 @@ from igmu_lightning.data.labelled_folder import LabelledImages, list_labelled_im
 from igmu_lightning.detectors import load_detector
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record
 from igmu_lightning.metrics import LabelAccuracy
 from igmu_lightning.utils.hashing import module_hash
 
 
 class DetectorAccuracy(Evaluation):
-    """Accuracy (with its bootstrap CI) of each detector on its task's ``test/`` split.
+    """Accuracy (with its Wilson CI: test images are independent) of each detector on its task's
+    ``test/`` split.
 
     Args:
         detectors: name -> detector folder (``model.safetensors`` + ``detector.json``).
@@ -39,7 +41,7 @@ class DetectorAccuracy(Evaluation):
         self.image_size, self.batch_size = image_size, batch_size
 
     def run(self, seed: int) -> EvaluationOutput:
-        methods, hashes = {}, {}
+        methods, hashes, judges = {}, {}, {}
         for name in sorted(self.detectors):
             detector = load_detector(self.detectors[name])
             items = list_labelled_images(self.root / self.tasks[name] / "test", detector.class_names)
@@ -50,4 +52,5 @@ class DetectorAccuracy(Evaluation):
                     accuracy.update(detector.predict(batch["image"]), batch["label"])
             methods[name] = {"aspects": {"quality": {"detector.accuracy": accuracy.summary(seed)}}}
             hashes[name] = {"detector": module_hash(detector)}
-        return EvaluationOutput(methods, hashes)
+            judges[name] = detector_record(detector, self.detectors[name])
+        return EvaluationOutput(methods, hashes, {"detectors": judges, "ci": CI_METHODS})

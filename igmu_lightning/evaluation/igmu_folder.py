@@ -25,6 +25,7 @@ from igmu_lightning.data.prompts import read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import is_main, share
+from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
 from igmu_lightning.evaluation.judges import JudgeSpec, feature_extractor
 from igmu_lightning.evaluation.results import by_aspect
 from igmu_lightning.metrics import ClassRate, SampleRate
@@ -74,6 +75,15 @@ def check_names(files: dict[str, Path], prompts: list[list[str]]) -> None:
         i, j = int(match[1]), int(match[2])
         if i >= len(prompts) or j >= len(prompts[i]):
             raise IGMUError(f"image '{path}' names prompt {j} of class {i}, which the prompt file does not have")
+
+
+def prompt_ids(keys: list[str], device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """Each image's prompt (class i, prompt j of its i_j_k name) as one integer, the cluster of the
+    intervals: the k samples of a prompt are not independent. None when a name is not i_j_k."""
+    matches = [NAME.match(Path(key).name) for key in keys]
+    if not all(matches):
+        return None
+    return torch.tensor([int(m[1]) * 1_000_000 + int(m[2]) for m in matches], dtype=torch.long, device=device)
 
 
 def own_share(items: list) -> list:
@@ -165,6 +175,7 @@ class IGMUFolder(Evaluation):
                 "set reference to the original model's folder"
             )
         judge = self.judge_spec.build()
+        first = next(iter(list_images(forgot / methods[0]).values()), None)
         if isinstance(judge, nn.Module):
             judge.to(self.device)
         if self.target not in judge.class_names:
@@ -188,13 +199,25 @@ class IGMUFolder(Evaluation):
         stripped = list(read_prompt_file(self.stripped_file, self.task).values()) if self.clip else []
         removed = list_images(self.folder / "remove_word" / self.reference)
         unrelated_ref = list_images(self.folder / "unrelated" / self.reference)
+        size = list(load_image(first).shape[-2:]) if first else None
+        evaluators = {
+            "judge": detector_record(judge, getattr(self.judge_spec, "path", None)),
+            "target": self.target,
+            "fid": fid_record(self.fid_features, fid_net, size),
+            "ci": CI_METHODS,
+        }
+        if distance_net is not None:
+            evaluators["feature_distance"] = fid_record(self.distance_features, distance_net.extractor, size)
+        if self.clip:
+            evaluators["clip"] = {"model": self.clip}
         results, hashes = {}, {}
         for method in tqdm(methods, desc="scoring methods", unit="method", disable=not is_main()):
             forget_files = list_images(forgot / method)
             check_names(forget_files, prompts)
             metrics = {}
             rate = ClassRate(target)
-            rate.update(self._predict(judge, own_share(list(forget_files.values()))))
+            keys = own_share(list(forget_files))
+            rate.update(self._predict(judge, [forget_files[k] for k in keys]), prompt_ids(keys, self.device))
             metrics["forgetting.target_rate"] = rate.summary(seed)
             skipped = {}
             if subject is not None:
@@ -204,7 +227,9 @@ class IGMUFolder(Evaluation):
             unrelated = list_images(self.folder / "unrelated" / method)
             if unrelated:
                 kept = SampleRate()
-                kept.update(self._retained(judge, target, own_share(list(unrelated.items()))))
+                mine_unrelated = own_share(list(unrelated.items()))
+                ids = prompt_ids([key for key, _ in mine_unrelated], self.device)
+                kept.update(self._retained(judge, target, mine_unrelated), ids)
                 metrics["preservation.retain_accuracy"] = kept.summary(seed)
             for suffix, mine, theirs in (("remove_word", forget_files, removed), ("retain", unrelated, unrelated_ref)):
                 if not mine or not theirs or (suffix == "retain" and method == self.reference):
@@ -226,7 +251,7 @@ class IGMUFolder(Evaluation):
                     metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
                 if distance_net is not None:
                     distance = FeatureDistance(distance_net)
-                    distance.update(ours, refs)
+                    distance.update(ours, refs, prompt_ids([keys_m[i] for i, _ in pairs[part]], self.device))
                     metrics[f"preservation.feature_distance_{suffix}"] = distance.summary(seed)
             if scorer is not None and method != self.reference:
                 metrics["alignment.csdr"] = self._csdr(scorer, stripped, forgot, method, seed)
@@ -235,7 +260,7 @@ class IGMUFolder(Evaluation):
                 results[method]["skipped"] = skipped
             if is_main():  # the one process that writes the results
                 hashes[method] = {"images": files_hash(self.folder, method)}
-        return EvaluationOutput(results, hashes)
+        return EvaluationOutput(results, hashes, evaluators)
 
     def _csdr(self, scorer: ClipScorer, stripped: list[list[str]], forgot: Path, method: str, seed: int) -> dict:
         """CSDR over image pairs (ORG and this method, same i_j_k), each scored against its
@@ -253,7 +278,8 @@ class IGMUFolder(Evaluation):
             for key in chunk:
                 i, j, _ = (int(x) for x in NAME.match(Path(key).name).groups())
                 prompts.append(stripped[i][j])
-            metric.update(self._load([theirs[k] for k in chunk]), self._load([ours[k] for k in chunk]), prompts)
+            ids = prompt_ids(chunk, self.device)
+            metric.update(self._load([theirs[k] for k in chunk]), self._load([ours[k] for k in chunk]), prompts, ids)
         return metric.summary(seed)
 
     def _retained(self, judge, target: int, files: list[tuple[str, Path]]) -> torch.Tensor:

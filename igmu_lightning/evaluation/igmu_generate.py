@@ -170,4 +170,4 @@ class GenerateAndScore(Evaluation):
                             judge, target, root / kind / name / set_name, seed
                         )
                 scored.methods[name]["aspects"]["robustness"] = dict(sorted(aspect.items()))
-        return EvaluationOutput(scored.methods, hashes)
+        return EvaluationOutput(scored.methods, hashes, scored.evaluators)

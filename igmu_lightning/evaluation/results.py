@@ -1,7 +1,7 @@
 """The results JSON of ``evaluate.py``: one stable layout, written atomically.
 
-    {"run": {"config", "seed", "packages", "model_hashes"},
-     "methods": {NAME: {"aspects": {ASPECT: {METRIC: {"value", "ci95": [lo, hi], "n"}}}}}}
+    {"run": {"config", "seed", "packages", "model_hashes", "evaluators"},
+     "methods": {NAME: {"aspects": {ASPECT: {METRIC: {"value", "ci95": [lo, hi], "n", "ci_method"}}}}}}
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness", "
 
 def exact(value: float) -> dict:
     """A number measured once, not sampled: its interval is the value itself."""
-    return {"value": float(value), "ci95": [float(value)] * 2, "n": 1}
+    return {"value": float(value), "ci95": [float(value)] * 2, "n": 1, "ci_method": "exact"}
 
 
 def by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
@@ -29,15 +29,21 @@ def by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
     return aspects
 
 
-def results_document(config: dict, seed: int, model_hashes: dict, methods: dict) -> dict:
+def results_document(config: dict, seed: int, model_hashes: dict, methods: dict, evaluators: dict | None = None) -> dict:
     """Assemble the document; it holds no timestamps or host names, so the same config and seed
-    give the same bytes."""
+    give the same bytes. ``evaluators``: what judged the images (``evaluation.evaluators``)."""
     for name, method in methods.items():
         unknown = set(method.get("aspects", {})) - set(ASPECTS)
         if unknown:
             raise ValueError(f"method '{name}' reports unknown aspects {sorted(unknown)}")
     return {
-        "run": {"config": config, "seed": seed, "packages": package_versions(), "model_hashes": model_hashes},
+        "run": {
+            "config": config,
+            "seed": seed,
+            "packages": package_versions(),
+            "model_hashes": model_hashes,
+            "evaluators": evaluators or {},
+        },
         "methods": methods,
     }
 

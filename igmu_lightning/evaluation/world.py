@@ -14,7 +14,8 @@ from igmu_lightning.backbone import BackboneSpec, Pretrained
 from igmu_lightning.detectors import load_detector
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
-from igmu_lightning.metrics import ClassRate, summary
+from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record
+from igmu_lightning.metrics import ClassRate, rate_summary
 from igmu_lightning.sampling import Sampler, SamplerSettings
 from igmu_lightning.world.concepts import FAMILIES
 from igmu_lightning.world.prompts import family_prompts
@@ -71,7 +72,7 @@ class WorldFaithfulness(Evaluation):
         model = self.backbone.build().to(self.device).eval()
         detectors = load_world_detectors(self.detectors, self.families, self.device)
         sampler = Sampler(model, self.settings, batch_size=self.batch_size)
-        metrics, outcomes = {}, {f: [] for f in self.families}
+        metrics, outcomes, groups = {}, {f: [] for f in self.families}, {f: [] for f in self.families}
         jobs = [(f, c) for f in self.families for c in FAMILIES[f]]
         offset = 0
         for family, value in tqdm(jobs, desc="faithfulness", unit="class"):
@@ -80,11 +81,18 @@ class WorldFaithfulness(Evaluation):
             seeds = [seed * 1_000_003 + offset + i for i in range(len(items))]
             offset += len(items)
             images = sampler.generate([it.prompt for it in items], seeds).images
+            first: dict[str, int] = {}  # a prompt drawn twice is one prompt with two seeds
+            ids = torch.tensor([first.setdefault(it.prompt, seeds[i]) for i, it in enumerate(items)])
             rate = ClassRate(FAMILIES[family].index(value))
             with torch.inference_mode():
-                rate.update(detectors[family].predict(images))
+                rate.update(detectors[family].predict(images), ids)
             metrics[f"{family}.{value}"] = rate.summary(seed)
             outcomes[family].append(rate.per_sample())
+            groups[family].append(ids)
         for family, parts in outcomes.items():  # classes have equal n: the pooled rate is their mean
-            metrics[f"{family}.mean"] = summary(torch.cat(parts), seed)
-        return EvaluationOutput({self.name: {"aspects": {"alignment": metrics}}}, {self.name: model.hashes()})
+            metrics[f"{family}.mean"] = rate_summary(torch.cat(parts), torch.cat(groups[family]), seed)
+        evaluators = {
+            "detectors": {f: detector_record(d, Path(self.detectors) / f) for f, d in detectors.items()},
+            "ci": CI_METHODS,
+        }
+        return EvaluationOutput({self.name: {"aspects": {"alignment": metrics}}}, {self.name: model.hashes()}, evaluators)

@@ -7,7 +7,6 @@ import itertools
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,54 +17,21 @@ from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import gather, is_main, share
+from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
 from igmu_lightning.evaluation.results import by_aspect, exact
 from igmu_lightning.evaluation.generation import ImageCache, generate_images, model_fingerprint
 from igmu_lightning.evaluation.tasks import task_rule
 from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_world_detectors
+from igmu_lightning.evaluation.world_sets import PromptBatch, flatten_sets, set_sizes
 from igmu_lightning.metrics import ClassRate, LabelAccuracy, SampleRate
 from igmu_lightning.metrics.fid import FID
 from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps
 from igmu_lightning.modules.base import RUN_RECORD
 from igmu_lightning.sampling import Sampler, SamplerSettings
 from igmu_lightning.world.concepts import FAMILIES, TARGETS
-from igmu_lightning.world.prompts import PROMPT_SETS, PromptItem, prompt_sets
 from igmu_lightning.world.render import render_tensor
 
 ORIGINAL = "original"
-
-
-@dataclass
-class PromptBatch:
-    """One prompt set flattened: prompts, the scenes they ask for, their seeds."""
-
-    items: list[PromptItem]
-    seeds: list[int]
-    start: int = 0  # position of the first item in the whole set (a process holds a part)
-
-    @property
-    def prompts(self) -> list[str]:
-        return [it.prompt for it in self.items]
-
-    def labels(self, family: str) -> torch.Tensor:
-        return torch.tensor([FAMILIES[family].index(it.scene.label(family)) for it in self.items])
-
-    def part(self, where: slice) -> PromptBatch:
-        return PromptBatch(self.items[where], self.seeds[where], self.start + where.start)
-
-    def positions(self, offset: int = 0) -> torch.Tensor:
-        return torch.arange(len(self.items)) + self.start + offset
-
-
-def flatten_sets(target: str, n_per_class: int, seed: int) -> dict[str, PromptBatch]:
-    """Each set's prompts in a fixed order with fixed seeds: every model sees the same (prompt,
-    seed) pairs, and remove_word item k shares its seed with forget item k (a matched pair)."""
-    batches = {}
-    for name, classes in prompt_sets(target, n_per_class, seed).items():
-        items = [it for cls in classes.values() for it in cls]
-        set_id = "forget" if name == "remove_word" else name  # same seeds as the prompts they strip
-        base = seed * 1_000_003 + PROMPT_SETS.index(set_id) * 100_000
-        batches[name] = PromptBatch(items, [base + i for i in range(len(items))])
-    return batches
 
 
 def changed_parameters(model: Backbone, original: Backbone) -> tuple[int, float]:
@@ -89,7 +55,11 @@ class WorldEvaluation(Evaluation):
         methods: name -> unlearned model; the original model is always scored too, as "original".
         original: the model before unlearning (default: the shipped base model).
         detectors: folder of the world's detectors, one per family.
-        prompts_per_class: prompts per class of every prompt set.
+        prompts_per_set: the least number of prompts of every prompt set, spread evenly over its
+            classes (64: every headline rate has n >= 64, a Wilson half-width <= 0.12 at p = 0.5).
+        max_half_width: instead of a count, the 95% half-width wanted for every rate; the set size
+            is the n that Wilson needs at the worst case p = 0.5 (0.05 -> 381).
+        prompts_per_class: a fixed count per class of every set instead (overrides prompts_per_set).
         sampler: sampling settings, the same for every model.
         batch_size: images per sampler batch.
         cache_dir: image cache (None: no cache).
@@ -103,7 +73,9 @@ class WorldEvaluation(Evaluation):
         methods: dict[str, BackboneSpec] | None = None,
         original: BackboneSpec | None = None,
         detectors: str = WORLD_DETECTORS,
-        prompts_per_class: int = 16,
+        prompts_per_set: int = 64,
+        max_half_width: float | None = None,
+        prompts_per_class: int | None = None,
         sampler: SamplerSettings | None = None,
         batch_size: int = 64,
         cache_dir: str | None = "outputs/cache/images",
@@ -112,12 +84,11 @@ class WorldEvaluation(Evaluation):
             raise IGMUError(f"unknown world target '{target}': choose one of {', '.join(TARGETS)}")
         if methods and ORIGINAL in methods:
             raise IGMUError(f"'{ORIGINAL}' is the name of the original model: rename that method")
-        if prompts_per_class < 2:
-            raise IGMUError(f"prompts_per_class must be >= 2 (FID needs two images), got {prompts_per_class}")
         self.target, self.rule = TARGETS[target], task_rule(TARGETS[target].category)
+        self.per_class = set_sizes(self.target.name, prompts_per_set, max_half_width, prompts_per_class)
         self.methods = dict(methods or {})
         self.original = original or Pretrained(WORLD_MODEL)
-        self.detectors_dir, self.prompts_per_class = detectors, prompts_per_class
+        self.detectors_dir = detectors
         self.settings, self.batch_size = sampler or SamplerSettings(), batch_size
         self.cache = ImageCache(cache_dir) if cache_dir else None
         self.keep_samples = 8  # forget-prompt images kept per model for image grids
@@ -136,6 +107,9 @@ class WorldEvaluation(Evaluation):
         def labels(name: str, family: str) -> torch.Tensor:
             return sets[name].labels(family).to(device)
 
+        def ids(name: str) -> torch.Tensor:
+            return sets[name].prompt_ids(device)
+
         judge = detectors[t.family]
         word = FAMILIES[t.family].index(t.word)
         predict = {name: judge.predict(x) for name, x in images.items()}
@@ -145,18 +119,19 @@ class WorldEvaluation(Evaluation):
             metric.update(*args)
             return metric.summary(seed)
 
-        metrics["forgetting.target_rate"] = rate(ClassRate(word), predict["forget"])
-        metrics["preservation.retain_accuracy"] = rate(LabelAccuracy(), predict["unrelated"], labels("unrelated", t.family))
-        metrics["preservation.near_accuracy"] = rate(LabelAccuracy(), predict["near"], labels("near", t.family))
-        metrics["robustness.target_rate"] = rate(ClassRate(word), predict["synonym"])
+        metrics["forgetting.target_rate"] = rate(ClassRate(word), predict["forget"], ids("forget"))
+        unrelated = labels("unrelated", t.family)
+        metrics["preservation.retain_accuracy"] = rate(LabelAccuracy(), predict["unrelated"], unrelated, ids("unrelated"))
+        metrics["preservation.near_accuracy"] = rate(LabelAccuracy(), predict["near"], labels("near", t.family), ids("near"))
+        metrics["robustness.target_rate"] = rate(ClassRate(word), predict["synonym"], ids("synonym"))
         if self.rule.subject:
             subject = self.rule.subject
             kept = detectors[subject].predict(images["forget"])
-            metrics["preservation.subject_kept"] = rate(LabelAccuracy(), kept, labels("forget", subject))
+            metrics["preservation.subject_kept"] = rate(LabelAccuracy(), kept, labels("forget", subject), ids("forget"))
         # alignment: the other things the forget prompts asked for are still drawn
         asked = [f for f in ("shape", "colour", "style") if f != t.family]
         hits = torch.stack([detectors[f].predict(images["forget"]) == labels("forget", f) for f in asked]).float().mean(0)
-        metrics["alignment.attribute_rate"] = rate(SampleRate(), hits)
+        metrics["alignment.attribute_rate"] = rate(SampleRate(), hits, ids("forget"))
         # image quality and closeness to the original, in the shape detector's feature space
         features = detectors["shape"].features
         pairs = [("retain", "unrelated", "unrelated")]
@@ -168,7 +143,7 @@ class WorldEvaluation(Evaluation):
             fid.update(images[mine], real=False)
             metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
             distance = FeatureDistance(TimmFeatureMaps(features))
-            metrics[f"preservation.feature_distance_{suffix}"] = rate(distance, images[mine], refs[theirs])
+            metrics[f"preservation.feature_distance_{suffix}"] = rate(distance, images[mine], refs[theirs], ids(mine))
         fid = FID(feature=features)
         for k, name in enumerate(("forget", "unrelated")):  # two sets: positions keep the CI layout-free
             order = sets[name].positions(offset=k * 1_000_000)
@@ -194,7 +169,8 @@ class WorldEvaluation(Evaluation):
         return the same results."""
         self.detectors = load_world_detectors(self.detectors_dir, list(FAMILIES), original.device)
         used = set(self.rule.prompt_sets) | set(self.rule.reference_sets)
-        sets = {n: b.part(share(len(b.items))) for n, b in flatten_sets(self.target.name, self.prompts_per_class, seed).items() if n in used}
+        whole = {n: b for n, b in flatten_sets(self.target.name, self.per_class, seed).items() if n in used}
+        sets = {n: b.part(share(len(b.items))) for n, b in whole.items()}
         self._image_size = original.image_size
         original_id = model_fingerprint(original)
         total = None if total is None else total + 1
@@ -225,7 +201,14 @@ class WorldEvaluation(Evaluation):
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
         progress.close()
-        return EvaluationOutput(methods, hashes)
+        return EvaluationOutput(methods, hashes, self._evaluators(whole))
+
+    def _evaluators(self, whole: dict[str, PromptBatch]) -> dict:
+        """Provenance: the detectors, the FID features, the interval methods and each set's size."""
+        judges = {f: detector_record(d, Path(self.detectors_dir) / f) for f, d in self.detectors.items()}
+        fid = fid_record(str(Path(self.detectors_dir) / "shape"), self.detectors["shape"].features, self._image_size)
+        sizes = {n: {"images": len(b.items), "prompts": len(set(b.groups))} for n, b in sorted(whole.items())}
+        return {"detectors": judges, "target_judge": self.target.family, "fid": fid, "ci": CI_METHODS, "prompt_sets": sizes}
 
 
 def training_cost(model: Backbone) -> dict:

@@ -31,7 +31,10 @@ def bootstrap_ci(
 
 
 def summary(values: torch.Tensor, seed: int = 0, resamples: int = 1000) -> dict:
-    """``{"value", "ci95", "n"}`` of the mean of per-sample values, as the results JSON stores it."""
+    """``{"value", "ci95", "n", "ci_method"}`` of the mean of per-sample values, as the results JSON
+    stores it, with a percentile-bootstrap interval (for continuous values; rates take
+    ``intervals.rate_summary``, whose interval is not degenerate at 0 or 1)."""
     values = values.detach().double().cpu().flatten()
     lo, hi = bootstrap_ci(values, resamples=resamples, seed=seed)
-    return {"value": round(float(values.mean()), 6), "ci95": [round(lo, 6), round(hi, 6)], "n": len(values)}
+    mean = round(float(values.mean()), 6)
+    return {"value": mean, "ci95": [round(lo, 6), round(hi, 6)], "n": len(values), "ci_method": "percentile_bootstrap"}

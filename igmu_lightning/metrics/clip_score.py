@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.metrics.rates import SampleRate
+from igmu_lightning.metrics.rates import SampleMean
 
 
 class ClipScorer(nn.Module):
@@ -54,12 +54,13 @@ def csdr_per_image(original_scores: torch.Tensor, unlearned_scores: torch.Tensor
     return (original_scores - unlearned_scores).abs() / original_scores.clamp(min=1e-8) * 100
 
 
-class CSDR(SampleRate):
+class CSDR(SampleMean):
     """Mean per-image CLIP-score difference rate (lower: the unlearned model keeps the rest of
     the prompt as the original did). Values are percentages, not rates.
 
-    update(original_images, unlearned_images, stripped_prompts): matched pairs of the same prompt
-    and seed; prompts already stripped of the concept words (``utils.text.strip_concept``).
+    update(original_images, unlearned_images, stripped_prompts, groups=None): matched pairs of the
+    same prompt and seed; prompts already stripped of the concept words (``utils.text.strip_concept``);
+    groups: prompt ids, for the bootstrap over prompts when a prompt has several seeds.
     """
 
     higher_is_better = False
@@ -68,6 +69,13 @@ class CSDR(SampleRate):
         super().__init__(**kwargs)
         self.scorer = scorer
 
-    def update(self, original_images: torch.Tensor, unlearned_images: torch.Tensor, stripped_prompts: list[str]) -> None:  # type: ignore[override]
+    def update(  # type: ignore[override]
+        self,
+        original_images: torch.Tensor,
+        unlearned_images: torch.Tensor,
+        stripped_prompts: list[str],
+        groups: torch.Tensor | None = None,
+    ) -> None:
         rates = csdr_per_image(self.scorer(original_images, stripped_prompts), self.scorer(unlearned_images, stripped_prompts))
         self.outcomes.append(rates.float())
+        self._add_groups(groups, len(rates), rates.device)

@@ -162,4 +162,5 @@ class FID(Metric):
                 j = i if len(real) == len(fake) else torch.randint(0, len(fake), (len(fake),), generator=generator)
                 stats.append(frechet_distance(real[i], fake[j]))
         lo, hi = np.percentile(stats, [2.5, 97.5])
-        return {"value": round(value, 6), "ci95": [round(float(lo), 6), round(float(hi), 6)], "n": len(fake)}
+        ci95 = [round(float(lo), 6), round(float(hi), 6)]
+        return {"value": round(value, 6), "ci95": ci95, "n": len(fake), "ci_method": "percentile_bootstrap"}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igmu_lightning.metrics.rates import SampleRate
+from igmu_lightning.metrics.rates import SampleMean
 
 
 def match_pairs(left: Sequence[Hashable], right: Sequence[Hashable]) -> list[tuple[int, int]]:
@@ -26,12 +26,13 @@ def match_pairs(left: Sequence[Hashable], right: Sequence[Hashable]) -> list[tup
     return [(i, where[key]) for i, key in enumerate(left)]
 
 
-class FeatureDistance(SampleRate):
+class FeatureDistance(SampleMean):
     """Per pair: sum over layers of the spatial mean of squared differences between channel-unit-
     normalised feature maps, the LPIPS recipe without its learned layer weights (Zhang et al.,
     2018, "baseline" variant), on any network that returns a list of feature maps. Lower is closer.
 
-    update(images, references): matched pairs, (N, 3, H, W) in [0, 1].
+    update(images, references, groups=None): matched pairs, (N, 3, H, W) in [0, 1]; groups: their
+    prompt ids (a continuous mean: percentile bootstrap, over prompts with several seeds each).
     """
 
     higher_is_better = False
@@ -40,7 +41,9 @@ class FeatureDistance(SampleRate):
         super().__init__(**kwargs)
         self.layers = layers.requires_grad_(False).eval()
 
-    def update(self, images: torch.Tensor, references: torch.Tensor) -> None:  # type: ignore[override]
+    def update(  # type: ignore[override]
+        self, images: torch.Tensor, references: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> None:
         if images.shape != references.shape:
             raise ValueError(f"pairs differ in shape: {tuple(images.shape)} vs {tuple(references.shape)}")
         with torch.no_grad():
@@ -49,6 +52,7 @@ class FeatureDistance(SampleRate):
                 a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
                 distance += (a - b).pow(2).sum(1).flatten(1).mean(1)
         self.outcomes.append(distance)
+        self._add_groups(groups, len(distance), distance.device)
 
 
 class TimmFeatureMaps(nn.Module):

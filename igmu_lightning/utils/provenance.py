@@ -19,6 +19,8 @@ PACKAGES = (
     "safetensors",
     "open_clip_torch",
     "numpy",
+    "scipy",
+    "nudenet",
 )
 
 

@@ -62,17 +62,34 @@ def _items(target: Target, value: str, n: int, rng: np.random.Generator, templat
     return family_prompts(target.family, value, n, rng, templates, words)
 
 
-def prompt_sets(target: Target | str, n_per_class: int = 16, seed: int = 0) -> dict[str, dict[str, list[PromptItem]]]:
-    """``{set name: {class: [PromptItem]}}`` for one target; deterministic in (target, n, seed)."""
+def set_classes(target: Target | str) -> dict[str, int]:
+    """How many classes each prompt set of ``target`` has (remove_word: as many as forget)."""
     target = TARGETS[target] if isinstance(target, str) else target
+    forget = 1 if target.family == "shape" else len(SHAPES)
+    unrelated = len([c for c in FAMILIES[target.family] if c not in (target.word, target.near)])
+    return {"forget": forget, "remove_word": forget, "unrelated": unrelated, "near": 1, "synonym": len(target.synonyms)}
+
+
+def per_class_for_set_size(target: Target | str, prompts_per_set: int) -> dict[str, int]:
+    """Prompts per class of each set so that every set holds at least ``prompts_per_set``."""
+    return {name: -(-prompts_per_set // classes) for name, classes in set_classes(target).items()}
+
+
+def prompt_sets(
+    target: Target | str, n_per_class: int | dict[str, int] = 16, seed: int = 0
+) -> dict[str, dict[str, list[PromptItem]]]:
+    """``{set name: {class: [PromptItem]}}`` for one target; deterministic in (target, n, seed).
+    ``n_per_class``: one count for every set, or one per set (``per_class_for_set_size``)."""
+    target = TARGETS[target] if isinstance(target, str) else target
+    count = n_per_class if isinstance(n_per_class, dict) else dict.fromkeys(PROMPT_SETS, n_per_class)
     rng = np.random.default_rng([seed, list(TARGETS).index(target.name)])
     others = [c for c in FAMILIES[target.family] if c != target.word]
     if target.family == "shape":
-        forget = {target.word: _items(target, target.word, n_per_class, rng)}
+        forget = {target.word: _items(target, target.word, count["forget"], rng)}
     else:  # style / attribute: one class per subject (shape), as IGMU's nudity and style sets
         forget = {}
         for shape in SHAPES:
-            scenes = [replace(it.scene, shape=shape) for it in _items(target, target.word, n_per_class, rng)]
+            scenes = [replace(it.scene, shape=shape) for it in _items(target, target.word, count["forget"], rng)]
             # the same template cycle family_prompts uses, now with this subject
             forget[shape] = [PromptItem(s.caption(MAIN_TEMPLATES[i % len(MAIN_TEMPLATES)]), s) for i, s in enumerate(scenes)]
     remove_word = {
@@ -82,10 +99,10 @@ def prompt_sets(target: Target | str, n_per_class: int = 16, seed: int = 0) -> d
     return {
         "forget": forget,
         "remove_word": remove_word if target.family != "shape" else {},
-        "unrelated": {c: _items(target, c, n_per_class, rng) for c in others if c != target.near},
-        "near": {target.near: _items(target, target.near, n_per_class, rng)},
+        "unrelated": {c: _items(target, c, count["unrelated"], rng) for c in others if c != target.near},
+        "near": {target.near: _items(target, target.near, count["near"], rng)},
         "synonym": {
-            syn: _items(target, target.word, n_per_class, rng, PARAPHRASE_TEMPLATES, {target.word: syn})
+            syn: _items(target, target.word, count["synonym"], rng, PARAPHRASE_TEMPLATES, {target.word: syn})
             for syn in target.synonyms
         },
     }

@@ -28,6 +28,35 @@ def test_remove_word_prompts_share_seeds_with_their_forget_prompts():
     assert len(set(sets["forget"].seeds) & set(sets["unrelated"].seeds)) == 0
 
 
+def test_default_sets_give_every_rate_64_prompts():
+    # object: forget 1 class, unrelated 3 (ceil(64 / 3) = 22 each), near 1, synonym 2 (32 each)
+    object_sets = flatten_sets("object", WorldEvaluation("object").per_class, seed=0)
+    assert {n: len(b.items) for n, b in object_sets.items()} == {
+        "forget": 64, "remove_word": 0, "unrelated": 66, "near": 64, "synonym": 64}  # fmt: skip
+    for target in ("style", "attribute"):  # forget: 5 subjects of ceil(64 / 5) = 13
+        sets = flatten_sets(target, WorldEvaluation(target).per_class, seed=0)
+        assert len(sets["forget"].items) == len(sets["remove_word"].items) == 65
+        assert min(len(b.items) for b in sets.values()) >= 64
+
+
+def test_a_precision_asks_for_the_wilson_n(capsys):
+    evaluation = WorldEvaluation("object", max_half_width=0.05)
+    # z^2 / (4 * 0.05^2) - z^2 = 380.3 -> 381; unrelated has 3 classes: 127 each
+    assert "max_half_width 0.05 -> 381 prompts per set" in capsys.readouterr().out
+    assert evaluation.per_class["forget"] == 381 and evaluation.per_class["unrelated"] == 127
+    with pytest.raises(IGMUError, match="not both"):
+        WorldEvaluation("object", max_half_width=0.05, prompts_per_class=4)
+
+
+def test_prompts_drawn_twice_share_a_cluster():
+    batch = flatten_sets("object", {"forget": 64, "unrelated": 2, "near": 2, "synonym": 2}, seed=0)["forget"]
+    by_text = {}
+    for item, group in zip(batch.items, batch.groups):
+        by_text.setdefault(item.prompt, set()).add(group)
+    assert all(len(g) == 1 for g in by_text.values()) and len(by_text) < 64  # 48 prompt texts at most
+    assert batch.part(slice(10, 20)).groups == batch.groups[10:20]  # a process keeps the whole set's ids
+
+
 def test_world_evaluation_scores_every_aspect(tmp_path):
     evaluation = WorldEvaluation(
         target="style",
@@ -70,3 +99,14 @@ def test_evaluate_cli_gives_byte_identical_results(tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()
     results = json.loads(paths[0].read_text())
     assert results["methods"]["original"]["aspects"]["robustness"]["target_rate"]["n"] == 4
+    # every number says how its interval was made; the run names its judges and FID features
+    methods = {m["ci_method"] for a in results["methods"]["original"]["aspects"].values() for m in a.values()}
+    assert methods <= {"wilson", "cluster_bootstrap_prompts", "percentile_bootstrap", "exact"} and "exact" in methods
+    evaluators = results["run"]["evaluators"]
+    for family in ("shape", "colour", "style", "attribute"):
+        judge = evaluators["detectors"][family]
+        assert judge["path"].endswith(f"detectors/{family}") and len(judge["sha256"]) == 64 and judge["decision"] == "argmax"
+    assert evaluators["target_judge"] == "attribute"
+    assert evaluators["fid"]["backbone"]["name"] == "test_resnet" and evaluators["fid"]["image_size"] == 32
+    assert evaluators["fid"]["input_size"] == 64 and evaluators["ci"]["level"] == 0.95
+    assert evaluators["prompt_sets"]["forget"]["images"] == 2 * 5
