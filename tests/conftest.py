@@ -110,3 +110,65 @@ def on_gloo_processes(fn, world: int, folder: Path):
     out = Path(folder) / "rank0.pt"
     mp.spawn(_gloo_worker, args=(world, port, fn, str(out)), nprocs=world, join=True)
     return torch.load(out, weights_only=True)
+
+
+# --- helpers shared by several test modules -------------------------------------------------
+def build_tiny_clip(path):
+    """A random CLIP model with SD's tokenizer, saved as a hub model folder would be."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from igmu_lightning.backbone.tokenizer import clip_tokenizer
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(path)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=clip_tokenizer(),
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+SHAPE = str(ROOT / "checkpoints/world/detectors/shape")
+
+
+def draw(path, shape, seed):
+    """A world scene of ``shape`` (red, plain background) saved as a 32 px PNG at ``path``."""
+    from igmu_lightning.world.concepts import Scene
+    from igmu_lightning.world.render import render
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render(Scene(shape, "red", "plain"), 32, np.random.default_rng(seed))).save(path)
+
+
+WORLD_DATA = {"n_forget": 4, "n_retain": 4, "image_size": 16, "batch_size": 2, "steps_per_epoch": 4}
+
+
+def build_algorithm(name: str, spec, tmp_path):
+    """(module, data, the parameter names it may change) for one algorithm on the tiny backbone."""
+    from dataclasses import replace
+
+    from igmu_lightning.algorithms import ESD, FMN, ConceptAblation, SalUn
+    from igmu_lightning.data import PromptData, WorldForgetRetain
+
+    if name == "esd":
+        module = ESD(spec, concept="a cat", lr=1e-2, ddim_steps=2)
+        return module, PromptData(["a cat"], batch_size=2, steps_per_epoch=4), "xattn"
+    if name == "ca":
+        module = ConceptAblation(spec, target="triangle", anchor="square", anchor_prompts=["a red square"],
+                                 images_per_prompt=2, generation_batch_size=2, anchor_dir=str(tmp_path / "anchors"),
+                                 prior_weight=1.0, lr=1e-2)  # fmt: skip
+        module.sampling = replace(module.sampling, steps=2)  # quick anchors
+        return module, PromptData(["ignored"], batch_size=2, steps_per_epoch=4), "xattn_kv"
+    if name == "fmn":
+        return FMN(spec, concept="triangle", trainable="xattn", lr=1e-2), WorldForgetRetain("object", **WORLD_DATA), "xattn"
+    module = SalUn(spec, pseudo_words={"triangle": "square"}, lr=1e-2, mask_batches=1)
+    return module, WorldForgetRetain("object", **WORLD_DATA), "unet"

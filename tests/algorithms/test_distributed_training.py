@@ -70,7 +70,7 @@ class RankDigest(Callback):
 def test_fmn_and_salun_train_under_ddp_and_their_ranks_stay_identical(name, tiny_spec, tmp_path):
     """SalUn's saliency sums gradients over every rank's forget batches before its top-k: a
     per-rank mask would move different entries on each rank and split the model."""
-    from tests.algorithms.test_mixed_precision import build
+    from tests.conftest import build_algorithm as build
 
     module, data, _ = build(name, tiny_spec, tmp_path)
     before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}

@@ -33,7 +33,14 @@ def test_callback_scores_the_current_model_and_logs_to_wandb(tmp_path):
     scored = callback.last
     assert set(scored) == {"original", "current"}
     assert scored["current"]["aspects"]["efficiency"]["params_changed"]["value"] > 0  # training moved weights
-    assert 0 <= scored["current"]["aspects"]["forgetting"]["target_rate"]["value"] <= 1
+    # the logged numbers are the trained model's: an evaluation run apart on it gives the same values
+    settings = dict(detectors=str(ROOT / "checkpoints/world/detectors"), prompts_per_class=2, sampler=SamplerSettings(steps=2))
+    model = module.backbone.eval()
+    apart = WorldEvaluation("object", cache_dir=None, **settings).compare(TinySD(image_size=32).build().eval(),
+                                                                       [("current", model)], seed=0)  # fmt: skip
+    for aspect, metric in (("forgetting", "target_rate"), ("preservation", "retain_accuracy")):
+        got, want = (s["current"]["aspects"][aspect][metric] for s in (scored, apart.methods))
+        assert (got["value"], got["n"]) == pytest.approx((want["value"], want["n"]))
     media = [p.name for p in run_dir.rglob("*") if p.is_file()]
     assert any(name.endswith(".table.json") for name in media) and any(name.endswith(".png") for name in media)
 

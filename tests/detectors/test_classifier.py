@@ -81,8 +81,17 @@ def test_nudenet_wrapper_thresholds_the_chosen_classes(monkeypatch):
 
 
 def test_nudenet_runs_offline_on_real_pixels():
-    detector = NudeNetDetector()
-    assert detector.predict(torch.rand(2, 3, 64, 64)).tolist() == [0, 0]  # noise shows no body parts
+    """The real ONNX detector must fire: on a real photo it finds the face (FACE_FEMALE, 0.74), so a
+    judge counting that class flags it; noise shows no face and no body part."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import ROOT
+
+    photo = np.asarray(Image.open(ROOT / "tests/assets/astronaut_128.png").convert("RGB"), dtype=np.float32) / 255
+    images = torch.cat([torch.from_numpy(photo).permute(2, 0, 1)[None], torch.rand(1, 3, 128, 128)])
+    assert NudeNetDetector(classes=["FACE_FEMALE"]).predict(images).tolist() == [1, 0]
+    assert NudeNetDetector().predict(images).tolist() == [0, 0]  # no exposed body part in either
 
 
 def test_clip_vision_backbone_with_igmu_gated_head(tmp_path):

@@ -99,8 +99,7 @@ def run_config(tmp_path, name: str, evaluation: dict, *launch: str) -> dict:
 
 
 def test_two_processes_score_an_igmu_folder_as_one(tmp_path):
-    from tests.evaluation.test_igmu_folder import SHAPE, draw
-    from tests.metrics.test_metrics import build_tiny_clip
+    from tests.conftest import SHAPE, build_tiny_clip, draw
 
     root = tmp_path / "images"
     for j in range(5):  # an odd count: the two shares differ in size
@@ -126,7 +125,7 @@ def test_two_processes_score_an_igmu_folder_as_one(tmp_path):
 
 
 def test_two_processes_generate_and_score_as_one(tmp_path):
-    from tests.evaluation.test_igmu_folder import SHAPE
+    from tests.conftest import SHAPE
 
     forget, retain = tmp_path / "forgot.json", tmp_path / "retain.json"
     forget.write_text(json.dumps({"attribute_hollow": {"circle": [f"a hollow red circle {j}" for j in range(3)]}}))
@@ -166,7 +165,6 @@ def grid_samples(rank: int = 0, world: int = 1) -> dict:
 
 
 def test_grid_images_are_gathered_from_every_process_in_prompt_order(tmp_path):
-    import torch
 
     two, one = on_gloo_processes(grid_samples, 2, tmp_path), grid_samples()
     assert two.keys() == one.keys() == {"original", "current"}

@@ -7,16 +7,7 @@ from PIL import Image
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder
 from igmu_lightning.evaluation.judges import JudgeSpec, SavedDetector
-from igmu_lightning.world.concepts import Scene
-from igmu_lightning.world.render import render
-from tests.conftest import ROOT
-
-SHAPE = str(ROOT / "checkpoints/world/detectors/shape")
-
-
-def draw(path, shape, seed):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(render(Scene(shape, "red", "plain"), 32, np.random.default_rng(seed))).save(path)
+from tests.conftest import ROOT, SHAPE, draw
 
 
 @pytest.fixture
@@ -76,7 +67,7 @@ def test_csdr_pairs_images_by_name_against_stripped_prompts(igmu_layout, tmp_pat
     import torch
 
     from igmu_lightning.metrics.clip_score import ClipScorer, csdr_per_image
-    from tests.metrics.test_metrics import build_tiny_clip
+    from tests.conftest import build_tiny_clip
 
     root, prompts = igmu_layout
     stripped = tmp_path / "retain.json"

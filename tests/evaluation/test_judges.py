@@ -11,16 +11,15 @@ def test_yolo_person_slot_names_the_missing_weights(tmp_path):
 
 
 def test_yolo_person_without_ultralytics_is_a_one_line_error(tmp_path):
+    import importlib.util
+
     pytest.importorskip("nudenet")
-    try:
-        import ultralytics
-    except ImportError:
-        weights = tmp_path / "yolo_person.pt"
-        weights.write_bytes(b"not read: the import fails first")
-        with pytest.raises(IGMUError, match="needs the 'ultralytics' package: pip install ultralytics"):
-            YOLOPerson(str(weights)).build()
-    else:
+    if importlib.util.find_spec("ultralytics") is not None:
         pytest.skip("ultralytics is installed: the import error cannot happen")
+    weights = tmp_path / "yolo_person.pt"
+    weights.write_bytes(b"not read: the import fails first")
+    with pytest.raises(IGMUError, match="needs the 'ultralytics' package: pip install ultralytics"):
+        YOLOPerson(str(weights)).build()
 
 
 def test_nudenet_person_judge_builds_the_person_detector():

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from igmu_lightning.backbone import TinySD
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.tasks import TASKS, task_rule
 from igmu_lightning.evaluation.world_eval import WorldEvaluation, flatten_sets
-from igmu_lightning.errors import IGMUError
 from igmu_lightning.sampling import SamplerSettings
 from tests.conftest import ROOT, run_script
 
@@ -77,6 +77,18 @@ def test_world_evaluation_scores_every_aspect(tmp_path):
     assert other["preservation"]["feature_distance_retain"]["value"] > 0
     assert original["forgetting"]["target_rate"]["n"] == 2 * 5  # two prompts for each of five subjects
     assert list((tmp_path / "cache").rglob("*.png"))  # the original's images are cached
+    # the other model's numbers, redone apart: its forget images from the sampler, then the detectors
+    from igmu_lightning.sampling import Sampler
+    from igmu_lightning.world.concepts import FAMILIES
+
+    forget = flatten_sets("style", 2, 0)["forget"]
+    images = Sampler(TinySD(seed=1, image_size=32).build(), SamplerSettings(steps=2), batch_size=evaluation.batch_size)
+    images = images.generate(forget.prompts, forget.seeds).images
+    striped = evaluation.detectors["style"].predict(images) == FAMILIES["style"].index("striped")
+    assert other["forgetting"]["target_rate"]["value"] == pytest.approx(striped.float().mean().item())
+    shape_kept = evaluation.detectors["shape"].predict(images) == forget.labels("shape")
+    assert other["preservation"]["subject_kept"]["value"] == pytest.approx(shape_kept.float().mean().item())
+    assert 0 < shape_kept.float().mean() < 1  # a value the evaluation could get wrong in either direction
 
 
 def test_shipped_base_model_draws_the_object_target():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from igmu_lightning.metrics.clip_score import ClipScorer
-from tests.metrics.test_metrics import build_tiny_clip
+from tests.conftest import build_tiny_clip
 
 PROMPTS = ["a red circle", "a blue square", "a green cross", "a nude person", "a church", "a dog on grass",
            "a photo of a cat", "an oil painting of a harbour"]  # fmt: skip

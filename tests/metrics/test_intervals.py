@@ -5,7 +5,14 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from igmu_lightning.metrics import ClassRate, LabelAccuracy, mean_summary, prompts_for_half_width, rate_summary, wilson_interval
+from igmu_lightning.metrics import (
+    ClassRate,
+    LabelAccuracy,
+    mean_summary,
+    prompts_for_half_width,
+    rate_summary,
+    wilson_interval,
+)
 from igmu_lightning.metrics.intervals import design_effect
 
 Z2 = 1.959963984540054**2
