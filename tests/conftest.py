@@ -15,6 +15,18 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped on a machine without CUDA (CI has none: docs/gpu-checks.md)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (docs/gpu-checks.md)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline_sandbox(tmp_path_factory):
     """Point W&B, Hugging Face and our own caches at a temp folder and forbid hub access."""

@@ -16,6 +16,7 @@ def backbone(tiny_folder):
 @pytest.mark.parametrize(
     "settings", [SamplerSettings(steps=6, guidance_scale=3.0), SamplerSettings(steps=6, scheduler="ddim", eta=1.0)]
 )
+@pytest.mark.smoke
 def test_any_image_regenerates_alone_with_identical_pixels(backbone, settings):
     sampler = Sampler(backbone, settings, batch_size=4)  # 6 prompts: a full and a padded batch
     out = sampler.generate(PROMPTS, base_seed=1000)
@@ -74,6 +75,7 @@ def test_bad_sampler_input_is_a_clear_error(backbone):
 ORACLE_PROMPTS = ["a red triangle", "a photo of a church", "a nude girl", "a cat"]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("eta", [0.0, 1.0])  # eta=1: DDIM's step noise also comes from each image's generator
 def test_images_equal_diffusers_stable_diffusion_pipeline(backbone, eta):
     """Same weights, DDIM scheduler, steps, guidance, seeds: our batched sampler and diffusers'

@@ -9,8 +9,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from igmu_lightning.backbone.backbone import Backbone
 from igmu_lightning.backbone.loader import BackboneSpec, resolve_model_source
-from igmu_lightning.errors import IGMUError
 from igmu_lightning.backbone.tokenizer import MAX_LENGTH, clip_tokenizer
+from igmu_lightning.errors import IGMUError
 
 
 def sd_scheduler() -> DDIMScheduler:

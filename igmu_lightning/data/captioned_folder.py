@@ -13,8 +13,8 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
 
 
 def load_image(path: Path, size: int | None = None) -> torch.Tensor:

@@ -16,8 +16,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from igmu_lightning.data.captioned_folder import ImageFiles, read_metadata
-from igmu_lightning.utils.resumable import ResumableLoader
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.resumable import ResumableLoader
 from igmu_lightning.world.concepts import FAMILIES, MAIN_TEMPLATES, TARGETS, Scene
 from igmu_lightning.world.data import sample_scene
 from igmu_lightning.world.render import render_tensor

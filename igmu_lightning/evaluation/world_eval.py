@@ -18,8 +18,8 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import gather, is_main, share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
-from igmu_lightning.evaluation.results import by_aspect, exact
 from igmu_lightning.evaluation.generation import ImageCache, generate_images, model_fingerprint
+from igmu_lightning.evaluation.results import by_aspect, exact
 from igmu_lightning.evaluation.tasks import task_rule
 from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_world_detectors
 from igmu_lightning.evaluation.world_sets import PromptBatch, flatten_sets, set_sizes

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from igmu_lightning.utils.text import strip_concept
-
 from igmu_lightning.world.concepts import (
     COLOURS,
     FAMILIES,

@@ -69,6 +69,7 @@ def compvis_ddim_by_hand(module, c, null, noise, t_enc: int, steps: int, scale: 
     return x
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("t_enc", [0, 1, 4, 9])
 def test_compvis_mapping_runs_the_paper_era_ddim_steps_and_queries_its_timestep_range(tiny_spec, t_enc):
     module = ESD(tiny_spec, concept="a cat", ddim_steps=10, timestep_mapping="compvis")
@@ -96,6 +97,7 @@ def test_xt_prompt_chooses_what_xt_is_sampled_with(tiny_spec, monkeypatch, xt_pr
     assert torch.equal(seen[0], module.backbone.encode_prompts([sampled_with]))
 
 
+@pytest.mark.smoke
 def test_a_few_steps_train_only_cross_attention(tiny_spec, tmp_path):
     module = ESD(tiny_spec, concept="a cat", lr=1e-2, ddim_steps=4, export_dir=str(tmp_path / "out"))
     before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}

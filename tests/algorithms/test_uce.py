@@ -7,6 +7,7 @@ from igmu_lightning.data import PromptData
 from igmu_lightning.errors import IGMUError
 
 
+@pytest.mark.smoke
 def test_edit_equals_the_closed_form_solved_independently(tiny_spec):
     module = UCE(tiny_spec, erase=["a cat"], preserve=["a dog"], lam=0.5)
     c, g, p = module.token_pairs()

@@ -18,6 +18,7 @@ def uce_export(tiny_spec, tmp_path_factory):
     return out
 
 
+@pytest.mark.smoke
 def test_the_delta_holds_the_changed_tensors_only_and_rebuilds_the_model(tiny_spec, uce_export):
     tensors, meta = read_delta(uce_export / DELTA_FILE)
     base, exported = tiny_spec.build(), Pretrained(str(uce_export)).build()
@@ -31,6 +32,7 @@ def test_the_delta_holds_the_changed_tensors_only_and_rebuilds_the_model(tiny_sp
     assert (uce_export / DELTA_FILE).stat().st_size < 0.2 * sum(p.numel() * 4 for p in base.unet.parameters())
 
 
+@pytest.mark.smoke
 def test_a_delta_refuses_another_base_and_bad_files(uce_export, tmp_path):
     with pytest.raises(IGMUError, match="made from another base model.*unet hashes differ"):
         WithDelta(str(uce_export / DELTA_FILE), base=TinySD(seed=3, image_size=16)).build()

@@ -98,6 +98,7 @@ def test_shipped_base_model_draws_the_object_target():
     assert forgetting["value"] >= 0.85 and forgetting["n"] == 16
 
 
+@pytest.mark.smoke
 def test_evaluate_cli_gives_byte_identical_results(tmp_path):
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path in paths:

@@ -28,6 +28,7 @@ def test_wilson_matches_scipy(k, n):
     assert wilson_interval(k, n) == pytest.approx(scipy_wilson(k, n), abs=1e-12)
 
 
+@pytest.mark.smoke
 def test_a_rate_of_16_of_16_is_not_certain():
     # by hand: at p = 1 the lower end is n / (n + z^2) = 16 / 19.8415 = 0.8064
     record = rate_summary(torch.ones(16))
