@@ -202,6 +202,10 @@ def outcomes(made, esd_run) -> dict[str, SimpleNamespace]:
         jobs[name], folders[name] = argv, out
     before = {name: snapshot(out) for name, out in folders.items()}
     results = run_scripts(jobs)
+    if os.environ.get("IGMU_BAD_INPUT_LOG"):  # docs/reliability.md is made from these lines
+        lines = {name: [line for line in r.stderr.splitlines() if line.startswith("error:")] for name, r in results.items()}
+        lines["prompt_over_the_token_limit"] = [line for line in esd_run.result.stderr.splitlines() if "tokenizer's limit" in line]
+        Path(os.environ["IGMU_BAD_INPUT_LOG"]).write_text(json.dumps({"root": str(made.root), "argv": jobs, "lines": lines}, indent=1))
     return {name: SimpleNamespace(result=results[name], out=folders[name], before=before[name]) for name in jobs}
 
 

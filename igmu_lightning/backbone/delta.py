@@ -78,7 +78,7 @@ def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 raise IGMUError(f"'{path}' is a safetensors file but not an igmu-lightning delta (no '{FORMAT}' metadata)")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise IGMUError(f"delta '{path}' is not a readable safetensors file ({err}): it may be truncated; copy it again or export the run again") from None
+        raise IGMUError(f"delta '{path}' is not a safetensors file, or a truncated one ({err}): copy it again or export the run again") from None
     return tensors, {"base": metadata["base"], "base_hashes": json.loads(metadata["base_hashes"])}
 
 
