@@ -8,7 +8,11 @@ Temp paths of the test run are shown as <tmp>; the messages are otherwise verbat
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (entry point, what was wrong), in the order of the table
 CASES = {
@@ -54,12 +58,12 @@ CASES = {
 def main(path: str) -> None:
     log = json.load(open(path))
     root = log["root"]
-    print("| # | case (test) | entry point | input | message |")
+    print("| # | case | entry point | input | message |")
     print("|---|---|---|---|---|")
     for k, (name, (entry, what)) in enumerate(CASES.items(), 1):
         lines = log["lines"].get(name) or ["(missing)"]
-        text = " ".join(lines).replace(root, "<tmp>").replace("|", "\\|")
-        text = text.split("UserWarning: ", 1)[-1] if name == "prompt_over_the_token_limit" else text
+        text = " ".join(lines).replace(root, "<tmp>").replace(f"{ROOT}/", "").replace("|", "\\|")
+        text = re.sub(r"^\S+\.py:\d+: ", "warning: ", text)  # the warning's source location
         print(f"| {k} | `{name}` | {entry}.py | {what} | `{text}` |")
 
 

@@ -332,7 +332,7 @@ def test_prompts_wrong_task(outcomes, made):
 
 def test_prompts_missing(outcomes):
     line = error_of(outcomes, "prompts_missing")
-    assert "forgot.json' does not exist" in line
+    assert "forgot.json' does not exist: fix the path" in line
 
 
 def test_prompt_over_the_token_limit_warns_and_runs(esd_run):

@@ -52,7 +52,7 @@ def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
     after the file's stem."""
     path = Path(path)
     if not path.is_file():
-        raise IGMUError(f"prompt file '{path}' does not exist")
+        raise IGMUError(f"prompt file '{path}' does not exist: fix the path (IGMU's forgot.json, or a file of one prompt a line)")
     if path.suffix.lower() != ".json":
         return {path.stem: read_prompt_lines(path)}
     layout = '{"<task>": {"<class>": ["prompt", ...]}}'
