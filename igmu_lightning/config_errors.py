@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 from jsonargparse import ArgumentParser
-from jsonargparse._common import debug_mode_active  # noqa: PLC2701 (jsonargparse's own switch for tracebacks)
+from jsonargparse._common import debug_mode_active  # jsonargparse's own switch for tracebacks
 
 from igmu_lightning.errors import IGMUError
 
@@ -122,7 +122,7 @@ class OneLineErrors:
     """Mixin for a jsonargparse parser: a parse error raises ``IGMUError`` with one line instead of
     printing the usage and exiting. ``igmu_args``: the command line, to find the culprit's file."""
 
-    igmu_args: list[str] = []
+    igmu_args: tuple[str, ...] | list[str] = ()
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or debug_mode_active():

@@ -78,7 +78,7 @@ def main(args: list[str] | None = None) -> Path:
             strategy=config.strategy,
             precision=config.precision,
         )
-    except Exception as err:  # Lightning's MisconfigurationException (no GPU, too many devices), ValueError
+    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException (no GPU, too many devices), ValueError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IGMUError(f"--accelerator {config.accelerator} --devices {config.devices} cannot run here ({first}): "
                         "use --accelerator cpu, or fewer --devices") from None  # fmt: skip

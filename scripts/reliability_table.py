@@ -56,7 +56,7 @@ CASES = {
 
 
 def main(path: str) -> None:
-    log = json.load(open(path))
+    log = json.loads(Path(path).read_text())
     root = log["root"]
     print("| # | case | entry point | input | message |")
     print("|---|---|---|---|---|")

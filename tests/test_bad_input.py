@@ -175,8 +175,7 @@ def cases(m: SimpleNamespace, esd: SimpleNamespace) -> dict[str, list[str]]:
         "results_path_is_a_folder": [*inventory, m.tiny, "--results_path", "{out}/export"],
         # training data and losses
         "concept_absent_from_forget_prompts": ["train.py", "fit", "--config", FMN, "--model.init_args.concept", "hexagon"],
-        "nan_loss": ["train.py", "fit", "--config", ESD, *tiny_train, "--model.init_args.lr", "1e30",
-                     "--trainer.max_steps", "4", "--checkpoint_every", "1"],  # fmt: skip
+        "nan_loss": ["train.py", "fit", "--config", ESD, *tiny_train, "--model.init_args.lr", "1e30", "--trainer.max_steps", "4", "--checkpoint_every", "1"],
         # devices
         "eval_several_processes_for_a_one_process_evaluation": [*inventory, m.tiny, "--accelerator", "cpu", "--devices", "2"],
         "eval_gpu_without_gpu": [*inventory, m.tiny, "--accelerator", "gpu"],
@@ -442,8 +441,9 @@ def test_disk_full_prints_the_table_and_saves_the_results_beside_the_run(tmp_pat
     saved = list(tmp_path.glob("inventory.unsaved-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["methods"]["model"]["aspects"]["efficiency"]
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert lines == [f"error: results could not be written to '{target}' (No space left on device): they were written "
-                     f"to '{saved[0]}' instead; free space or fix the folder and copy them over"]  # fmt: skip
+    expected = (f"error: results could not be written to '{target}' (No space left on device): they were written "
+                f"to '{saved[0]}' instead; free space or fix the folder and copy them over")  # fmt: skip
+    assert lines == [expected]
     assert target.read_text() == PREVIOUS
 
 
