@@ -13,8 +13,9 @@ from typing import Optional
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from igmu_lightning.config_errors import OneLineErrors
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.io import atomic_write_json, atomic_write_text
 from igmu_lightning.utils.provenance import provenance
@@ -83,13 +84,35 @@ def checkpoint_cadence(every: int | None, max_steps: int | None) -> int | None:
 def checkpoint_run(path: Path) -> dict:
     """The ``igmu.run`` record of a checkpoint (run id, wall time so far), read without loading its
     tensors; {} for a checkpoint written before it was recorded."""
+    state = checkpoint_state(path)
+    return dict(state.get("igmu", {}).get("run", {})) if isinstance(state, dict) else {}
+
+
+def checkpoint_state(path: Path):
+    """A checkpoint's contents, memory-mapped (tensors are not read) and without unpickling code."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:
         raise IGMUError(f"checkpoint '{path}' cannot be read ({type(err).__name__}): give a Lightning .ckpt file") from None
-    return dict(state.get("igmu", {}).get("run", {})) if isinstance(state, dict) else {}
+
+
+def check_checkpoint_module(path: Path, config) -> None:
+    """A checkpoint resumes only the module class that wrote it (an ESD run's into a UCE config would
+    load tensors that mean something else, or nothing)."""
+    state = checkpoint_state(path)
+    written = state.get("igmu", {}).get("module") if isinstance(state, dict) else None
+    model = config.get("model")
+    wanted = model.get("class_path") if hasattr(model, "get") else None
+    theirs, ours = str(written).rsplit(".", 1)[-1], str(wanted).rsplit(".", 1)[-1]  # class names: paths may be aliases
+    if written and wanted and theirs != ours:
+        raise IGMUError(f"--ckpt_path '{path}' is a checkpoint of {theirs}, but this config trains {ours}: "
+                        f"give a checkpoint of a {ours} run, or drop --ckpt_path to start afresh")  # fmt: skip
+
+
+class IGMUArgumentParser(OneLineErrors, LightningArgumentParser):
+    """Lightning's parser with one-line config errors (key, file, closest valid keys)."""
 
 
 class IGMUCLI(LightningCLI):
@@ -102,6 +125,8 @@ class IGMUCLI(LightningCLI):
             defaults["callbacks"] = [TQDMProgressBar(refresh_rate=50)]
         kwargs.setdefault("trainer_defaults", defaults)
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_class", IGMUArgumentParser)
+        self._igmu_args = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -114,12 +139,26 @@ class IGMUCLI(LightningCLI):
         )
 
 
+    def init_parser(self, **kwargs):
+        parser = super().init_parser(**kwargs)
+        parser.igmu_args = self._igmu_args  # where the config files are, for the error line
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--checkpoint_every", type=Optional[int], default=None,
             help="steps between resumable checkpoints (the run's checkpoints/last.ckpt, rewritten each time); "
             "default: a sixth of trainer.max_steps; 0: only at the end; unused with trainer.enable_checkpointing false",
         )  # fmt: skip
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint of another module before Lightning merges its hyperparameters into
+        the config (which would silently train the checkpoint's module instead of the config's)."""
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            check_checkpoint_module(Path(ckpt), self.config[sub])
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         """Check ``--ckpt_path`` (one error line, not a traceback), resolve ``last`` to this config's
@@ -136,6 +175,7 @@ class IGMUCLI(LightningCLI):
             if not path.is_file():
                 raise IGMUError(f"--ckpt_path '{ckpt}' does not exist: give a run's checkpoint "
                                 "(logs/<project>/<run id>/checkpoints/last.ckpt) or 'last' for this config's newest run")  # fmt: skip
+        check_checkpoint_module(path, config)
         config["ckpt_path"] = str(path)
         if sub == "fit":
             self.continue_run(config, path)
@@ -207,7 +247,14 @@ class IGMUCLI(LightningCLI):
             # overwrites the first one's config.yaml, run.json or checkpoints.
             run_dir = f"logs/offline/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
             trainer["default_root_dir"] = self._get(self.config, "trainer")["default_root_dir"] = run_dir
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except Exception as err:  # Lightning's MisconfigurationException: no GPU, too many devices...
+            if type(err).__name__ != "MisconfigurationException":
+                raise
+            first = str(err).strip().splitlines()[0].rstrip(".")
+            raise IGMUError(f"trainer.accelerator {trainer.get('accelerator')} with trainer.devices {trainer.get('devices')} cannot "
+                            f"run here ({first}): use --trainer.accelerator cpu, or fewer --trainer.devices") from None  # fmt: skip
 
 
 def main(args=None) -> None:

@@ -9,19 +9,22 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile
 from lightning.fabric import Fabric
 from lightning.pytorch import seed_everything
 
+from igmu_lightning.config_errors import OneLineParser
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation import Evaluation, results_document, write_results
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="evaluate.py", description="Evaluate unlearned models (EvalIGMU).", default_env=False)
+def build_parser(args: list[str] | None = None) -> OneLineParser:
+    parser = OneLineParser(prog="evaluate.py", description="Evaluate unlearned models (EvalIGMU).", default_env=False)
+    parser.igmu_args = list(args or [])
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config of the evaluation")
     parser.add_argument(
         "--results_path", type=str | None, default=None, help="results JSON (default: results/<config name>.json)"
@@ -65,14 +68,20 @@ def summary_table(methods: dict) -> str:
 def main(args: list[str] | None = None) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = sys.argv[1:] if args is None else list(args)
-    config = build_parser().parse_args(args)  # a bad config fails here, before any process starts
-    fabric = Fabric(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=config.precision,
-    )
+    config = build_parser(args).parse_args(args)  # a bad config fails here, before any process starts
+    check_results_path(Path(config.results_path) if config.results_path else default_results_path(config))
+    try:
+        fabric = Fabric(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=config.precision,
+        )
+    except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException (no GPU, too many devices), ValueError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise IGMUError(f"--accelerator {config.accelerator} --devices {config.devices} cannot run here ({first}): "
+                        "use --accelerator cpu, or fewer --devices") from None  # fmt: skip
     module, _, name = config.evaluation.class_path.rpartition(".")  # imported already, by the parser
     kind = getattr(importlib.import_module(module), name)
     if fabric.world_size > 1 and not kind.shares_work:
@@ -94,11 +103,47 @@ def evaluate(fabric: Fabric, config) -> Path:
     seed_everything(config.seed, verbose=False)
     evaluation = parser.instantiate_classes(config).evaluation
     evaluation.device = fabric.device
+    evaluation.check()  # every model, file and judge it needs, before the first image
     with fabric.autocast():
         output = evaluation.run(seed=config.seed)
     if fabric.global_rank == 0:
-        write_results(path, results_document(resolved, config.seed, output.model_hashes, output.methods, output.evaluators))
+        document = results_document(resolved, config.seed, output.model_hashes, output.methods, output.evaluators)
         print(summary_table(output.methods))
+        try:
+            write_results(path, document)
+        except OSError as err:
+            saved = write_elsewhere(path, document)
+            reason = err.strerror or type(err).__name__
+            where = f"they were written to '{saved}' instead" if saved else "nowhere else was writable either (the table above is all)"
+            raise IGMUError(f"results could not be written to '{path}' ({reason}): {where}; free space or fix the folder "
+                            "and copy them over") from None  # fmt: skip
         print(f"results written to {path}")
     fabric.barrier()
     return path
+
+
+def check_results_path(path: Path) -> None:
+    """``path`` can be written: its nearest existing folder is a writable folder and the path itself
+    is no folder. Checked before the evaluation runs, so hours of work never end in a failed write."""
+    if path.is_dir():
+        raise IGMUError(f"--results_path '{path}' is a folder: give a file path such as '{path / 'results.json'}'")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise IGMUError(f"--results_path '{path}' lies under '{ancestor}', which is a file, not a folder: "
+                        "give a path in a folder")  # fmt: skip
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise IGMUError(f"--results_path '{path}': folder '{ancestor}' is not writable: give a path in a writable folder")
+
+
+def write_elsewhere(path: Path, document: dict) -> Path | None:
+    """When ``path`` cannot be written: the results beside the working directory, else in the temp
+    folder; the path written, or None when neither took them."""
+    name = f"{path.stem}.unsaved-{os.getpid()}.json"
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            return write_results(folder / name, document)
+        except OSError:
+            continue
+    return None

@@ -184,3 +184,26 @@ def build_algorithm(name: str, spec, tmp_path):
         return FMN(spec, concept="triangle", trainable="xattn", lr=1e-2), WorldForgetRetain("object", **WORLD_DATA), "xattn"
     module = SalUn(spec, pseudo_words={"triangle": "square"}, lr=1e-2, mask_batches=1)
     return module, WorldForgetRetain("object", **WORLD_DATA), "unet"
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The single ``error:`` line of a run that stopped on bad input (exit code 2, no traceback)."""
+    assert result.returncode == 2, f"exit code {result.returncode}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def run_scripts(jobs: dict[str, list[str]], workers: int = 2, **kw) -> dict[str, subprocess.CompletedProcess]:
+    """Run several entry-point command lines at once (``workers`` at a time): name -> result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(run_script, *args, **kw) for name, args in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes: compare before and after to see nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

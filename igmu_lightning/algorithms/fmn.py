@@ -104,6 +104,25 @@ class FMN(UnlearningModule):
         tok = self.backbone.tokenizer
         self.concepts = {c: tok(c, add_special_tokens=False).input_ids for c in concepts}
 
+    def on_fit_start(self) -> None:
+        """Every forget prompt must hold a concept word: checked for all of them before the first step."""
+        super().on_fit_start()
+        data = getattr(self.trainer, "datamodule", None)
+        prompts = data.forget_prompts() if hasattr(data, "forget_prompts") else None
+        if not prompts:
+            return
+        tok = self.backbone.tokenizer
+        lacking = []
+        for prompt in dict.fromkeys(prompts):
+            ids = tok(prompt, truncation=True, max_length=tok.model_max_length).input_ids
+            if not any(ids[i : i + len(seq)] == seq for seq in self.concepts.values() for i in range(1, len(ids) - len(seq))):
+                lacking.append(prompt)
+        if lacking:
+            n = len(set(prompts))
+            share = f"none of the {n} forget prompts holds" if len(lacking) == n else f"{len(lacking)} of {n} forget prompts lack"
+            raise IGMUError(f"{share} the FMN concept {list(self.concepts)} (e.g. '{lacking[0]}'): "
+                            "set concept to the word the forget prompts use, or caption every forget image with it")  # fmt: skip
+
     def concept_positions(self, prompts: list[str]) -> torch.Tensor:
         """(B, L) bool: True at the tokens of every occurrence of a concept in each prompt, and at
         the <|endoftext|> positions ``pooler`` adds (in the padded ids the text encoder sees)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,11 +16,33 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from igmu_lightning.utils.hashing import module_hash
+from igmu_lightning.utils.io import follow_umask, make_temp_dir
 
 COMPONENTS = ("unet", "text_encoder", "vae")
 
 
 GUIDANCE_FILE = "igmu_guidance.json"
+
+
+_WARNED_LONG: set[str] = set()  # prompts already checked for length in this process
+
+
+def warn_if_truncated(tokenizer, prompt: str) -> None:
+    """Warn (once per prompt) when ``prompt`` holds more tokens than the text encoder reads."""
+    _WARNED_LONG.add(prompt)
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompt, truncation=True, max_length=1_000_000).input_ids  # all of it, without HF's own warning
+    if len(ids) > limit:
+        kept = tokenizer.decode(ids[1 : limit - 1])
+        warnings.warn(
+            f"prompt '{prompt[:60]}...' is {len(ids)} tokens, over the tokenizer's limit of {limit}: "
+            f"truncated to '...{kept[-40:]}' (shorten it to keep every word)",
+            PromptTruncatedWarning, stacklevel=3,
+        )  # fmt: skip
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder's context and was cut."""
 
 
 class Backbone(nn.Module):
@@ -53,14 +75,14 @@ class Backbone(nn.Module):
 
     # --- text -------------------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """Token ids padded to the encoder's length (77 for SD), as SD's pipeline does."""
-        return self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        """Token ids padded to the encoder's length (77 for SD), as SD's pipeline does. A longer
+        prompt is truncated, with a warning (once per prompt) that shows what the encoder sees."""
+        limit = self.tokenizer.model_max_length
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
+        for prompt in prompts:
+            if prompt not in _WARNED_LONG:
+                warn_if_truncated(self.tokenizer, prompt)
+        return ids.to(self.device)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Per-token text embeddings (B, 77, D): the UNet's cross-attention context."""
@@ -116,11 +138,12 @@ class Backbone(nn.Module):
         written beside the target and moved into place, so a crash never leaves half a model."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = make_temp_dir(target)  # with the umask's permissions, not mkdtemp's 0700
         try:
             self.pipeline().save_pretrained(tmp, safe_serialization=True)
             if self.guidance is not None:  # diffusers ignores this file; our loader applies it
                 (tmp / GUIDANCE_FILE).write_text(json.dumps(self.guidance.to_config(), indent=2))
+            follow_umask(tmp)
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

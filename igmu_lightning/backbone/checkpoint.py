@@ -25,6 +25,10 @@ class FromCheckpoint(BackboneSpec):
     def describe(self) -> str:
         return self.path
 
+    def check(self) -> None:
+        """The checkpoint reads and its base model builds with the hashes the run recorded."""
+        self.build()
+
     def build(self) -> Backbone:
         path = Path(self.path)
         if not path.is_file():

@@ -78,7 +78,7 @@ def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 raise IGMUError(f"'{path}' is a safetensors file but not an igmu-lightning delta (no '{FORMAT}' metadata)")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise IGMUError(f"delta '{path}' is not a safetensors file ({err})") from None
+        raise IGMUError(f"delta '{path}' is not a safetensors file, or a truncated one ({err}): copy it again or export the run again") from None
     return tensors, {"base": metadata["base"], "base_hashes": json.loads(metadata["base_hashes"])}
 
 
@@ -95,6 +95,14 @@ class WithDelta(BackboneSpec):
 
     def describe(self) -> str:
         return self.delta
+
+    def check(self) -> None:
+        """The delta reads, and its base builds with the hashes it records (a delta for another
+        base fails here, before an evaluation scores any model)."""
+        tensors, meta = read_delta(self.delta)
+        base = BackboneSpec.from_config(self.base) if self.base is not None else _spec_from_description(meta["base"])
+        base.check()
+        apply_tensors(base.build(), tensors, meta["base_hashes"], self.delta)
 
     def build(self) -> Backbone:
         tensors, meta = read_delta(self.delta)

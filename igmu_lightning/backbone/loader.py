@@ -36,6 +36,10 @@ class BackboneSpec:
     def build(self) -> Backbone:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise a one-line ``IGMUError`` now if ``build()`` cannot work (a missing or broken
+        folder, a delta for another base), before an evaluation spends time on other models."""
+
     def describe(self) -> str:
         """A short name for logs and results."""
         return type(self).__name__
@@ -97,6 +101,11 @@ class Pretrained(BackboneSpec):
     def describe(self) -> str:
         return self.path
 
+    def check(self) -> None:
+        source, _ = resolve_model_source(self.path)
+        if Path(source).is_dir():
+            check_model_folder(Path(source), self.path)
+
     def build(self) -> Backbone:
         backbone = load_backbone(self.path, dtype=self.dtype, vae_dtype=self.vae_dtype, revision=self.revision)
         return backbone.to(self.device) if self.device else backbone
@@ -145,11 +154,46 @@ def resolve_model_source(
     return path, not _hub_reachable()
 
 
+SD_PARTS = {"unet": "UNet2DConditionModel", "text_encoder": "CLIPTextModel", "vae": "AutoencoderKL"}
+
+
+def check_model_folder(folder: Path, given: str) -> None:
+    """A local diffusers folder holds an SD-shaped pipeline: a conditional UNet, a CLIP text encoder,
+    a tokenizer, a VAE and a scheduler, each with a readable config and weights."""
+    for part in ("unet", "text_encoder", "tokenizer", "vae", "scheduler"):
+        if not (folder / part).is_dir():
+            kind = _pipeline_class(folder)
+            raise IGMUError(
+                f"model folder '{given}' has no {part}/ (it holds a {kind}): give a Stable-Diffusion-shaped "
+                "diffusers folder (unet, text_encoder, tokenizer, vae, scheduler)"
+            )
+    for part, expected in SD_PARTS.items():
+        config = folder / part / "config.json"
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+            found = data.get("_class_name") or (data.get("architectures") or [expected])[0]  # transformers: architectures
+        except (OSError, ValueError, AttributeError) as err:
+            raise IGMUError(f"'{config}' cannot be read ({type(err).__name__}): copy or export the model folder again") from None
+        if found != expected:
+            raise IGMUError(f"model folder '{given}': {part} is a {found}, not a {expected}: give a Stable-Diffusion-shaped diffusers folder")
+        if not any(p.suffix in (".safetensors", ".bin") for p in (folder / part).iterdir()):
+            raise IGMUError(f"model folder '{given}' has no weights in {part}/: copy or export the model folder again")
+
+
+def _pipeline_class(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "model_index.json").read_text()).get("_class_name", "pipeline"))
+    except (OSError, ValueError, AttributeError):
+        return "folder with an unreadable model_index.json"
+
+
 def load_backbone(
     path: str = SD14, dtype: str = "float32", vae_dtype: str | None = None, revision: str | None = None
 ) -> Backbone:
     """Load UNet, text encoder, tokenizer, VAE and scheduler of an SD-shaped model (frozen)."""
     source, offline = resolve_model_source(path)
+    if Path(source).is_dir():
+        check_model_folder(Path(source), path)
     weights, vae_weights = torch_dtype(dtype), torch_dtype(vae_dtype or dtype)
     common = {"local_files_only": offline, "revision": revision}
     hub_log = logging.getLogger("huggingface_hub")
@@ -168,7 +212,7 @@ def load_backbone(
                 f"model '{path}' is neither a local folder nor a cached hub model, and the hub cannot be "
                 "reached: fix the path, or download the model where there is network and pass its folder"
             ) from None
-        raise IGMUError(f"cannot load model '{path}': {first_line}") from None
+        raise IGMUError(f"cannot load model '{path}': {first_line.rstrip('.')}: copy or export the model folder again") from None
     finally:
         hub_log.setLevel(level)
     backbone = Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)

@@ -85,6 +85,15 @@ class ForgetRetainData(LightningDataModule):
         self.forget_set: Dataset | None = None
         self.retain_set: Dataset | None = None
 
+    def forget_prompts(self) -> list[str] | None:
+        """The forget set's captions (for checks before the first step); None when unknown."""
+        if self.forget_set is None:
+            self.setup("fit")
+        if hasattr(self.forget_set, "prompts"):
+            return list(self.forget_set.prompts())
+        items = getattr(self.forget_set, "items", None)
+        return [value for _, value in items] if items and getattr(self.forget_set, "field", None) == "prompt" else None
+
     def train_dataloader(self) -> DataLoader:
         if self.forget_set is None:
             self.setup("fit")
@@ -154,6 +163,10 @@ class WorldScenesOf(Dataset):
         rng = np.random.default_rng([self.seed, int(self.keep), index])
         scene, caption = self.scene_caption(rng)
         return {"image": render_tensor(scene, self.image_size, rng), "prompt": caption}
+
+    def prompts(self) -> list[str]:
+        """Every item's caption, without rendering its image."""
+        return [self.scene_caption(np.random.default_rng([self.seed, int(self.keep), i]))[1] for i in range(self.n)]
 
 
 class WorldForgetRetain(ForgetRetainData):

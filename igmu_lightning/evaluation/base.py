@@ -26,6 +26,15 @@ class Evaluation:
     device: torch.device = torch.device("cpu")
     shares_work: bool = False
 
+    def check(self) -> None:
+        """Fail now, with one line, on anything ``run`` would fail on later: every model (also each
+        of ``methods``) is checked before the first image is made. Subclasses add their files."""
+        for value in vars(self).values():
+            specs = value.values() if isinstance(value, dict) else [value]
+            for spec in specs:
+                if isinstance(spec, BackboneSpec):
+                    spec.check()
+
     def run(self, seed: int) -> EvaluationOutput:
         raise NotImplementedError
 

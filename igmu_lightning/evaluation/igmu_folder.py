@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -51,18 +52,28 @@ def read_prompt_file(path: str | Path, task: str) -> dict[str, list[str]]:
     after the file's stem."""
     path = Path(path)
     if not path.is_file():
-        raise IGMUError(f"prompt file '{path}' does not exist")
+        raise IGMUError(f"prompt file '{path}' does not exist: fix the path (IGMU's forgot.json, or a file of one prompt a line)")
     if path.suffix.lower() != ".json":
         return {path.stem: read_prompt_lines(path)}
+    layout = '{"<task>": {"<class>": ["prompt", ...]}}'
     try:
-        tasks = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise IGMUError(f"prompt file '{path}' is not UTF-8 text (byte {err.start}): save it as UTF-8 JSON") from None
+    if not text.strip():
+        raise IGMUError(f"prompt file '{path}' is empty: give IGMU's JSON, {layout}")
+    try:
+        tasks = json.loads(text)
     except json.JSONDecodeError as err:
-        raise IGMUError(f"prompt file '{path}' is not valid JSON ({err.msg}, line {err.lineno})") from None
+        raise IGMUError(f"prompt file '{path}' is not valid JSON ({err.msg}, line {err.lineno}): fix it to IGMU's {layout}") from None
+    if not isinstance(tasks, dict) or not all(isinstance(v, dict) for v in tasks.values()):
+        raise IGMUError(f"prompt file '{path}' is JSON but not IGMU's layout {layout}")
     if task not in tasks:
-        raise IGMUError(f"prompt file '{path}' has no task '{task}' (it has {', '.join(tasks)})")
+        raise IGMUError(f"prompt file '{path}' has no task '{task}' (it has {', '.join(tasks) or 'none'}): "
+                        "set task to one of them, or give the prompt file of this task")  # fmt: skip
     classes = tasks[task]
     if not classes or not any(classes.values()):
-        raise IGMUError(f"task '{task}' in '{path}' has no prompts")
+        raise IGMUError(f"task '{task}' in '{path}' has no prompts: give at least one prompt per class")
     return {str(c): list(p) for c, p in classes.items()}
 
 
@@ -75,6 +86,43 @@ def check_names(files: dict[str, Path], prompts: list[list[str]]) -> None:
         i, j = int(match[1]), int(match[2])
         if i >= len(prompts) or j >= len(prompts[i]):
             raise IGMUError(f"image '{path}' names prompt {j} of class {i}, which the prompt file does not have")
+
+
+def check_files(folder: Path) -> None:
+    """Every file below a method folder is an image (hidden files such as .DS_Store aside)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise IGMUError(f"'{path}' is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}): move it out of the image folder")
+
+
+def check_sizes(folder: Path) -> None:
+    """All images of one method folder have one size (they are stacked into batches); each file's
+    header is read, so a corrupt image is named here too."""
+    first: tuple[Path, tuple[int, int]] | None = None
+    if folder.is_dir():
+        for path in list_images(folder).values():
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+                    im.verify()
+            except (UnidentifiedImageError, OSError, ValueError) as err:
+                raise IGMUError(f"image '{path}' cannot be read ({type(err).__name__}): remove or replace it") from None
+            if first is None:
+                first = (path, size)
+            elif size != first[1]:
+                raise IGMUError(f"image '{path}' is {size[0]}x{size[1]}, but '{first[0]}' is {first[1][0]}x{first[1][1]}: "
+                                "give every image of a method folder one size")  # fmt: skip
+
+
+def check_judge(spec: JudgeSpec, name: str, what: str, key: str) -> None:
+    """The judge builds and knows the class the config names (a detector of another task does not)."""
+    judge = spec.build()
+    if name not in judge.class_names:
+        where = f" '{spec.path}'" if getattr(spec, "path", None) else ""
+        raise IGMUError(f"{key} '{name}' is not a class of the {what}{where} ({', '.join(judge.class_names)}): "
+                        f"give a {what} trained for this task, or set {key} to one of its classes")  # fmt: skip
 
 
 def prompt_ids(keys: list[str], device: torch.device | str = "cpu") -> torch.Tensor | None:
@@ -161,19 +209,45 @@ class IGMUFolder(Evaluation):
         # on the metrics' device: NCCL syncs CUDA states only, and NudeNet answers on the CPU
         return torch.cat(out).to(self.device) if out else torch.zeros(0, dtype=torch.long, device=self.device)
 
-    def run(self, seed: int) -> EvaluationOutput:
-        prompts = self._prompts()
+    def _methods(self) -> list[str]:
+        """The method folders under ``forgot/``; the reference must be one of them."""
         forgot = self.folder / "forgot"
         if not forgot.is_dir():
-            raise IGMUError(f"'{forgot}' does not exist: expected <root>/<concept>/forgot/<METHOD>/")
+            raise IGMUError(f"'{forgot}' does not exist: give root and concept of a folder in IGMU's layout, "
+                            "<root>/<concept>/forgot/<METHOD>/[<Class>/]i_j_k.png")  # fmt: skip
         methods = sorted(p.name for p in forgot.iterdir() if p.is_dir())
         if not methods:
-            raise IGMUError(f"'{forgot}' holds no method folders")
+            raise IGMUError(f"'{forgot}' holds no method folders: put each method's images in forgot/<METHOD>/")
         if self.reference not in methods:
             raise IGMUError(
                 f"reference '{self.reference}' is not a method folder under '{forgot}' (found: {', '.join(methods)}): "
                 "set reference to the original model's folder"
             )
+        return methods
+
+    def check(self) -> None:
+        """Before any image is scored: the prompt files, the layout, every image's name and size,
+        no stray files, and the judge's classes."""
+        prompts = self._prompts()
+        if self.clip:
+            read_prompt_file(self.stripped_file, self.task)
+        methods = self._methods()
+        for split in ("forgot", "remove_word", "unrelated"):
+            for method in methods:
+                check_files(self.folder / split / method)
+        for method in methods:
+            check_names(list_images(self.folder / "forgot" / method), prompts)
+        for split in ("forgot", "remove_word", "unrelated"):
+            for method in methods:
+                check_sizes(self.folder / split / method)
+        check_judge(self.judge_spec, self.target, "judge", "target")
+        if self.subject_spec is not None:
+            check_judge(self.subject_spec, self.subject_class, "subject judge", "subject_class")
+
+    def run(self, seed: int) -> EvaluationOutput:
+        prompts = self._prompts()
+        forgot = self.folder / "forgot"
+        methods = self._methods()
         judge = self.judge_spec.build()
         first = next(iter(list_images(forgot / methods[0]).values()), None)
         if isinstance(judge, nn.Module):

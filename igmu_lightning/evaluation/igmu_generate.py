@@ -27,7 +27,7 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import barrier, is_main
 from igmu_lightning.evaluation.generation import save_png
-from igmu_lightning.evaluation.igmu_folder import IGMUFolder, own_share, read_prompt_file
+from igmu_lightning.evaluation.igmu_folder import IGMUFolder, check_judge, own_share, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
 from igmu_lightning.metrics import ClassRate
 from igmu_lightning.sampling import Sampler, SamplerSettings
@@ -132,6 +132,15 @@ class GenerateAndScore(Evaluation):
         rate = ClassRate(target)
         rate.update(torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=self.device))
         return rate.summary(seed)
+
+    def check(self) -> None:
+        """Every prompt file, the judges and every model (original and methods), before generating."""
+        read_prompt_file(self.forget_file, self.task)
+        if self.retain_file:
+            read_prompt_file(self.retain_file, self.task)
+        self._robustness_sets()
+        check_judge(self.scorer["judge"], self.scorer["target"], "judge", "target")
+        super().check()
 
     def run(self, seed: int) -> EvaluationOutput:
         forget = read_prompt_file(self.forget_file, self.task)

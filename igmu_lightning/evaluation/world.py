@@ -26,11 +26,15 @@ WORLD_DETECTORS = "checkpoints/world/detectors"
 
 def load_world_detectors(folder: str | Path, families: list[str], device: str | torch.device = "cpu") -> dict:
     folder = Path(folder)
+    if (folder / "detector.json").is_file():
+        raise IGMUError(f"detectors '{folder}' is a single detector, not the world's detectors folder: give the folder "
+                        f"holding {', '.join(f + '/' for f in families)} (e.g. {WORLD_DETECTORS})")  # fmt: skip
     detectors = {}
     for family in families:
         detector = load_detector(folder / family, device)
         if detector.class_names != list(FAMILIES[family]):
-            raise IGMUError(f"detector '{folder / family}' has classes {detector.class_names}, expected {list(FAMILIES[family])}")
+            raise IGMUError(f"detector '{folder / family}' has classes {detector.class_names}, expected {list(FAMILIES[family])}: "
+                            f"it was trained for another task; put the {family} detector there")  # fmt: skip
         detectors[family] = detector
     return detectors
 

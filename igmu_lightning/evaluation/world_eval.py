@@ -158,6 +158,11 @@ class WorldEvaluation(Evaluation):
         return torch.stack([render_tensor(it.scene, size, np.random.default_rng([seed, s])) for it, s in zip(batch.items, batch.seeds)])
 
     # --- the evaluation -----------------------------------------------------------------------
+    def check(self) -> None:
+        """The detectors and every model (the original and each method) load, before any image."""
+        load_world_detectors(self.detectors_dir, list(FAMILIES))
+        super().check()
+
     def run(self, seed: int) -> EvaluationOutput:
         original = self.original.build().to(self.device).eval()
         built = ((name, spec.build().to(self.device).eval()) for name, spec in self.methods.items())  # one at a time

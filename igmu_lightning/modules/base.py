@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 
 from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.backbone.delta import DELTA_FILE, save_delta
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.modules.params import select_parameters
 from igmu_lightning.utils.io import atomic_write_json
 
@@ -76,7 +77,9 @@ class BackboneModule(LightningModule):
             if isinstance(value, BackboneSpec):
                 hparams[key] = value.to_config()
         run = {"wall_time_s": self.wall_time(), "logger_version": self._logger_version()}
+        cls = type(self)
         checkpoint["igmu"] = {
+            "module": f"{cls.__module__}.{cls.__qualname__}",  # --ckpt_path refuses a config of another module
             "base": self.backbone_spec.describe(), "base_hashes": self.base_hashes(), "run": run,
             "resume": self.resume_state(),
         }  # fmt: skip
@@ -105,6 +108,18 @@ class BackboneModule(LightningModule):
         if self._pending_resume is not None:
             state, self._pending_resume = self._pending_resume, None
             self.load_resume_state(state)
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop at the first non-finite loss, before it reaches the weights: no checkpoint or export
+        is written after it, so the last good ``last.ckpt`` stays as it was."""
+        if torch.isfinite(loss.detach()).all():
+            return
+        trainer = self.trainer
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        saved = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        kept = f"the last good checkpoint is '{saved}'" if saved and Path(saved).is_file() else "no checkpoint was written before it"
+        raise IGMUError(f"the loss is {loss.detach().float().mean().item()} at step {trainer.global_step + 1}: lower the learning rate "
+                        f"(now {lr if lr is None else format(lr, 'g')}) or add trainer.gradient_clip_val; {kept}")  # fmt: skip
 
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()

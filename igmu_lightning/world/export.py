@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.io import follow_umask, make_temp_dir
 from igmu_lightning.world.concepts import FAMILIES, TARGETS
 from igmu_lightning.world.data import sample_scene, split_rng
 from igmu_lightning.world.prompts import igmu_json
@@ -54,10 +54,11 @@ def export(out: str | Path, train_per_class: int, test_per_class: int, prompts_p
     if out.exists() and any(out.iterdir()):
         raise IGMUError(f"'{out}' exists and is not empty: remove it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(out)  # with the umask's permissions, not mkdtemp's 0700
     try:
         write_detector_images(tmp, {"train": train_per_class, "test": test_per_class}, seed=seed)
         write_prompts(tmp, prompts_per_class, seed)
+        follow_umask(tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

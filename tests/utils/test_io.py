@@ -33,3 +33,26 @@ def test_tensor_hash_handles_scalars_and_bfloat16():
 
     state = {"steps": torch.tensor(3), "w": torch.ones(2, dtype=torch.bfloat16)}
     assert tensors_hash(state) != tensors_hash({"steps": torch.tensor(4), "w": torch.ones(2, dtype=torch.bfloat16)})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_models_follow_the_umask(tmp_path, tiny_spec, umask):
+    """An exported model (folder, weights, delta, run record) gets open()'s and mkdir's permissions,
+    not mkstemp's 0600 or mkdtemp's 0700: others in the group can read what a run exported."""
+    import os
+    import stat
+
+    from igmu_lightning.backbone.delta import save_delta
+
+    previous = os.umask(umask)
+    try:
+        backbone = tiny_spec.build()
+        out = backbone.save_pretrained(tmp_path / "exported")
+        save_delta(out / "igmu_delta.safetensors", {"unet.conv_in.weight": backbone.unet.conv_in.weight}, backbone.hashes(), tiny_spec)
+        atomic_write_json(out / "igmu_run.json", {"wall_time_s": 1.0})
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes[out.relative_to(tmp_path)] == 0o777 & ~umask
+    for path, mode in modes.items():
+        assert mode == (0o777 if (tmp_path / path).is_dir() else 0o666) & ~umask, f"{path}: {oct(mode)}"
