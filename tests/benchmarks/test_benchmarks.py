@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from tests.conftest import run_script
 
 
@@ -30,6 +32,7 @@ def test_generation_benchmark_compares_both_loops_on_the_same_images():
     assert float(re.search(r"sampler / bare UNet ratio: ([0-9.]+)", result.stdout).group(1)) > 0
 
 
+@pytest.mark.slow
 def test_evaluation_cost_benchmark_runs_a_full_world_evaluation():
     result = run_script("benchmarks/evaluation_cost.py", "--model", "sld", "--prompts_per_class", "2")
     assert result.returncode == 0, result.stderr[-2000:]

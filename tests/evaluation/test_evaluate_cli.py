@@ -33,3 +33,35 @@ def test_failed_evaluation_leaves_existing_results_untouched(tmp_path):
 def test_evaluate_requires_an_evaluation():
     result = run_script("evaluate.py")
     assert result.returncode != 0 and "evaluation" in result.stderr
+
+
+def test_a_killed_evaluation_resumes_from_its_image_cache_to_the_same_results(tmp_path):
+    """kill -9 evaluate.py once its image cache holds some images, run it again: it generates only
+    what is missing and writes the uninterrupted run's results JSON byte for byte."""
+    import signal
+    import time
+
+    from tests.conftest import start_script
+
+    def args(name: str) -> list[str]:
+        return ["evaluate.py", "--config", "configs/eval/world/object.yaml", "--results_path", str(tmp_path / f"{name}.json"),
+                "--evaluation.init_args.prompts_per_class", "3", "--evaluation.init_args.sampler.steps", "4",
+                "--evaluation.init_args.batch_size", "2", "--evaluation.init_args.cache_dir", str(tmp_path / name)]  # fmt: skip
+
+    whole = run_script(*args("whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = start_script(*args("part"), log=tmp_path / "killed.log")
+    deadline = time.monotonic() + 300
+    while len(list((tmp_path / "part").rglob("*.png"))) < 4:  # two batches of the original's images
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cached = len(list((tmp_path / "part").rglob("*.png")))
+    assert not (tmp_path / "part.json").exists() and cached < len(list((tmp_path / "whole").rglob("*.png")))
+    resumed = run_script(*args("part"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # byte for byte, once the one thing told apart on purpose, the cache folder's name, is swapped
+    whole_bytes = (tmp_path / "whole.json").read_bytes().replace(str(tmp_path / "whole").encode(), str(tmp_path / "part").encode())
+    assert (tmp_path / "part.json").read_bytes() == whole_bytes
+    assert len(list((tmp_path / "part").rglob("*.png"))) == len(list((tmp_path / "whole").rglob("*.png")))

@@ -91,6 +91,7 @@ def test_world_evaluation_scores_every_aspect(tmp_path):
     assert 0 < shape_kept.float().mean() < 1  # a value the evaluation could get wrong in either direction
 
 
+@pytest.mark.slow
 def test_shipped_base_model_draws_the_object_target():
     """The base model before any unlearning: the object target is present (IGMU's starting point)."""
     output = WorldEvaluation(target="object", detectors=DETECTORS, prompts_per_class=16, cache_dir=None).run(seed=0)
