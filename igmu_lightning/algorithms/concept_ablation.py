@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from igmu_lightning.algorithms.base import UnlearningModule
+from igmu_lightning.artifacts import ImageCache, fingerprint
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation.generation import ImageCache, fingerprint
 from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.utils.io import atomic_write_json
 from igmu_lightning.utils.text import read_texts

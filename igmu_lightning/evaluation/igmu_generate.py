@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from igmu_lightning.artifacts import save_png
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.data.prompts import read_multilingual_csv, read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import barrier, is_main
-from igmu_lightning.evaluation.generation import save_png
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, check_judge, own_share, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
 from igmu_lightning.metrics import ClassRate

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from igmu_lightning.artifacts import RUN_RECORD, ImageCache, model_fingerprint
 from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import gather, is_main, share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
-from igmu_lightning.evaluation.generation import ImageCache, generate_images, model_fingerprint
+from igmu_lightning.evaluation.generation import generate_images
 from igmu_lightning.evaluation.results import by_aspect, exact
 from igmu_lightning.evaluation.tasks import task_rule
 from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_world_detectors
@@ -26,7 +27,6 @@ from igmu_lightning.evaluation.world_sets import PromptBatch, flatten_sets, set_
 from igmu_lightning.metrics import ClassRate, LabelAccuracy, SampleRate
 from igmu_lightning.metrics.fid import FID
 from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps
-from igmu_lightning.modules.base import RUN_RECORD
 from igmu_lightning.sampling import Sampler, SamplerSettings
 from igmu_lightning.world.concepts import FAMILIES, TARGETS
 from igmu_lightning.world.render import render_tensor

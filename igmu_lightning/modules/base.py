@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule
 
+from igmu_lightning.artifacts import RUN_RECORD
 from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.backbone.delta import DELTA_FILE, save_delta
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.modules.params import select_parameters
 from igmu_lightning.utils.io import atomic_write_json
 
-RUN_RECORD = "igmu_run.json"  # written beside an exported model: how long and how much memory it took
 
 class BackboneModule(LightningModule):
     """Holds ``self.backbone`` (frozen) and unfreezes the parameters named by ``trainable``.

@@ -4,10 +4,10 @@ from lightning.pytorch import Trainer
 
 from igmu_lightning.algorithms import SLD, SafeLatentDiffusion
 from igmu_lightning.algorithms.sld import SafetyGuidance
+from igmu_lightning.artifacts import model_fingerprint
 from igmu_lightning.backbone import Pretrained
 from igmu_lightning.data import PromptData
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation.generation import model_fingerprint
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from igmu_lightning.evaluation.generation import ImageCache, generate_images
+from igmu_lightning.artifacts import ImageCache
+from igmu_lightning.evaluation.generation import generate_images
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
 
