@@ -138,6 +138,7 @@ class ConceptAblation(UnlearningModule):
         self.images_per_prompt, self.anchor_dir, self.hflip = images_per_prompt, Path(anchor_dir), hflip
         self.prior_weight, self.weight_decay, self.loss, self.reduction = prior_weight, weight_decay, loss, reduction
         self.anchor_prompts_file = anchor_prompts_file
+        self._file_read = not anchor_prompts_file  # the file's prompts join the list once, at setup
         self.trains_text = any(name.startswith("backbone.text_encoder.") for name in self.trainable_names)
         self.generation_batch_size = generation_batch_size
         self.sampling = replace(ANCHOR_SAMPLERS[anchor_sampler], negative_prompt=negative_prompt)
@@ -155,7 +156,7 @@ class ConceptAblation(UnlearningModule):
 
     def load_anchor_prompts(self) -> None:
         """Add the prompts of ``anchor_prompts_file`` (once), checked like the listed ones."""
-        if self.anchor_prompts_file and not getattr(self, "_file_read", False):
+        if not self._file_read:
             extra = read_texts(self.anchor_prompts_file)
             self.check_prompts(extra)
             self.anchor_prompts = list(dict.fromkeys(self.anchor_prompts + extra))

@@ -126,10 +126,11 @@ class FMN(UnlearningModule):
     def concept_positions(self, prompts: list[str]) -> torch.Tensor:
         """(B, L) bool: True at the tokens of every occurrence of a concept in each prompt, and at
         the <|endoftext|> positions ``pooler`` adds (in the padded ids the text encoder sees)."""
-        tok = self.backbone.tokenizer
-        mask = torch.zeros(len(prompts), tok.model_max_length, dtype=torch.bool)
+        padded = self.backbone.tokenize(prompts).cpu()  # BOS ... EOS, padded as the encoder sees them
+        eos = padded == self.backbone.tokenizer.eos_token_id
+        mask = torch.zeros_like(padded, dtype=torch.bool)
         for b, prompt in enumerate(prompts):
-            ids = tok(prompt, truncation=True, max_length=tok.model_max_length).input_ids  # BOS ... EOS
+            ids = padded[b, : int(eos[b].int().argmax()) + 1].tolist()  # up to the first EOS
             for seq in self.concepts.values():
                 for i in range(1, len(ids) - len(seq)):  # words only: BOS at 0, EOS last
                     if ids[i : i + len(seq)] == seq:
@@ -138,7 +139,6 @@ class FMN(UnlearningModule):
                 raise IGMUError(f"prompt '{prompt}' does not contain the FMN concept {list(self.concepts)}: "
                                 "caption every forget image with the concept word")  # fmt: skip
         if self.pooler != "none":
-            eos = self.backbone.tokenize(prompts).cpu() == tok.eos_token_id  # padded as the encoder sees them
             if self.pooler == "eos":  # the first <|endoftext|> of each prompt only
                 eos &= eos.cumsum(1) == 1
             mask |= eos
