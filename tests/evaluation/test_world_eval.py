@@ -17,7 +17,9 @@ def test_task_table_decides_sets_and_metrics():
     assert "preservation.subject_kept" in task_rule("attribute").metrics and task_rule("style").subject == "shape"
     assert "remove_word" in task_rule("nudity").reference_sets and "remove_word" not in task_rule("object").reference_sets
     for rule in TASKS.values():
-        assert {"forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.target_rate"} <= set(rule.metrics)
+        for metric in ("forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.synonym.target_rate"):
+            assert rule.allows(metric)
+        assert rule.probes == ("synonym",) and not rule.allows("robustness.target_rate")
     with pytest.raises(IGMUError, match="unknown task category 'objekt'"):
         task_rule("objekt")
 
@@ -112,7 +114,7 @@ def test_evaluate_cli_gives_byte_identical_results(tmp_path):
         assert "forgetting.target_rate" in result.stdout  # the summary table
     assert paths[0].read_bytes() == paths[1].read_bytes()
     results = json.loads(paths[0].read_text())
-    assert results["methods"]["original"]["aspects"]["robustness"]["target_rate"]["n"] == 4
+    assert results["methods"]["original"]["aspects"]["robustness"]["synonym.target_rate"]["n"] == 4
     # every number says how its interval was made; the run names its judges and FID features
     methods = {m["ci_method"] for a in results["methods"]["original"]["aspects"].values() for m in a.values()}
     assert methods <= {"wilson", "cluster_bootstrap_prompts", "percentile_bootstrap", "exact"} and "exact" in methods
