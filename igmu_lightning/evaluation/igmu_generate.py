@@ -49,6 +49,7 @@ class GenerateAndScore(Evaluation):
         already worked before any attack).
     judge, target, fid_features, distance_features, clip, subject_judge: as ``IGMUFolder``.
     samples_per_prompt: k in i_j_k.
+    category: the task table's category (default: from ``task``), as ``IGMUFolder``.
     """
 
     shares_work = True
@@ -75,6 +76,7 @@ class GenerateAndScore(Evaluation):
         subject_judge: JudgeSpec | None = None,
         multilingual_prompts: str | None = None,
         adversarial_prompts: dict[str, str] | None = None,
+        category: str | None = None,
     ) -> None:
         if retain_role not in ("remove_word", "unrelated"):
             raise IGMUError(f"retain_role must be remove_word or unrelated, got '{retain_role}'")
@@ -85,7 +87,7 @@ class GenerateAndScore(Evaluation):
         self.forget_file, self.retain_file = forget_prompts, retain_prompts
         self.samples, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
         self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features,
-                           subject_judge=subject_judge)  # fmt: skip
+                           subject_judge=subject_judge, category=category)  # fmt: skip
         self.multilingual_file, self.adversarial_files = multilingual_prompts, dict(adversarial_prompts or {})
         for name in self.adversarial_files:
             if not name or "/" in name or "." in name:
