@@ -28,7 +28,7 @@ from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import is_main, share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
 from igmu_lightning.evaluation.judges import JudgeSpec, feature_extractor
-from igmu_lightning.evaluation.scoring import Scorecard
+from igmu_lightning.evaluation.scoring import FID_OFF, Scorecard
 from igmu_lightning.evaluation.tasks import task_category, task_rule
 from igmu_lightning.metrics.clip_score import CSDR, ClipScorer
 from igmu_lightning.metrics.paired import TimmFeatureMaps, match_pairs
@@ -212,7 +212,8 @@ class IGMUFolder(Evaluation):
     def _load(self, files: list[Path]) -> torch.Tensor:
         return torch.stack([load_image(p) for p in files]).to(self.device)
 
-    def _predict(self, judge, files: list[Path]) -> torch.Tensor:
+    def judged(self, judge, files: list[Path]) -> torch.Tensor:
+        """The judge's class of each image file, read and judged in batches."""
         out = [judge.predict(self._load(files[i : i + self.batch_size])) for i in range(0, len(files), self.batch_size)]
         # on the metrics' device: NCCL syncs CUDA states only, and NudeNet answers on the CPU
         return torch.cat(out).to(self.device) if out else torch.zeros(0, dtype=torch.long, device=self.device)
@@ -298,9 +299,9 @@ class IGMUFolder(Evaluation):
             check_names(forget_files, prompts)
             card = Scorecard(self.rule, self.category, seed)
             keys = own_share(list(forget_files))
-            card.target_rate("forgetting.target_rate", self._predict(judge, [forget_files[k] for k in keys]), target, prompt_ids(keys, self.device))
+            card.target_rate("forgetting.target_rate", self.judged(judge, [forget_files[k] for k in keys]), target, prompt_ids(keys, self.device))
             if subject is not None:
-                card.target_rate("preservation.subject_kept", self._predict(subject, own_share(list(forget_files.values()))), present)
+                card.target_rate("preservation.subject_kept", self.judged(subject, own_share(list(forget_files.values()))), present)
             unrelated = list_images(self.folder / "unrelated" / method) if "unrelated" in self.rule.prompt_sets else {}
             if unrelated:
                 mine_unrelated = own_share(list(unrelated.items()))
@@ -310,7 +311,7 @@ class IGMUFolder(Evaluation):
                 if not mine or not theirs or (suffix == "retain" and method == self.reference):
                     continue
                 if fid_net is None and distance_net is None:
-                    card.skip(f"preservation.fid_{suffix}", "fid_features is null")
+                    card.skip(f"preservation.fid_{suffix}", FID_OFF)  # nothing to compute: no images read
                     continue
                 keys_m, keys_t = sorted(mine), sorted(theirs)
                 pairs = match_pairs(keys_m, keys_t)
@@ -351,7 +352,7 @@ class IGMUFolder(Evaluation):
         """Per unrelated image (relative key, file): its class folder's label when the judge knows
         that class, else "anything but the target" (binary judges such as NudeNet)."""
         keys = [key for key, _ in files]
-        predictions = self._predict(judge, [path for _, path in files])
+        predictions = self.judged(judge, [path for _, path in files])
         hits = []
         for key, predicted in zip(keys, predictions.tolist()):
             label = Path(key).parent.name

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from igmu_lightning.artifacts import save_png
 from igmu_lightning.backbone import BackboneSpec
-from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.data.prompts import read_multilingual_csv, read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import barrier, is_main
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, check_judge, own_share, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
-from igmu_lightning.metrics import ClassRate
+from igmu_lightning.evaluation.results import by_aspect
+from igmu_lightning.evaluation.scoring import Scorecard
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
 
@@ -124,17 +123,6 @@ class GenerateAndScore(Evaluation):
             }
         return sets
 
-    def _target_rate(self, judge, target: int, folder: Path, seed: int) -> dict:
-        """Target rate of the judge over the images in ``folder`` (this process's share)."""
-        files = own_share(sorted(folder.glob("*.png")))
-        predictions = [
-            judge.predict(torch.stack([load_image(p) for p in files[i : i + self.batch_size]]).to(self.device)).to(self.device)
-            for i in range(0, len(files), self.batch_size)
-        ]
-        rate = ClassRate(target)
-        rate.update(torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=self.device))
-        return rate.summary(seed)
-
     def check(self) -> None:
         """Every prompt file, the judges and every model (original and methods), before generating."""
         read_prompt_file(self.forget_file, self.task)
@@ -174,11 +162,11 @@ class GenerateAndScore(Evaluation):
                 judge.to(self.device)
             target = judge.class_names.index(self.scorer["target"])
             for name in [self.reference, *self.methods]:  # not other folders an earlier run left in out/
-                aspect = scored.methods[name]["aspects"].setdefault("robustness", {})
+                card = Scorecard(scorer.rule, scorer.category, seed)
                 for kind, sets in robustness.items():
-                    for set_name in sets:
-                        aspect[f"{kind}.{set_name}.target_rate"] = self._target_rate(
-                            judge, target, root / kind / name / set_name, seed
-                        )
-                scored.methods[name]["aspects"]["robustness"] = dict(sorted(aspect.items()))
+                    for set_name in sets:  # this process's share of the set's images
+                        files = own_share(sorted((root / kind / name / set_name).glob("*.png")))
+                        card.target_rate(f"robustness.{kind}.{set_name}.target_rate", scorer.judged(judge, files), target)
+                aspects = scored.methods[name]["aspects"]
+                aspects["robustness"] = dict(sorted({**aspects.get("robustness", {}), **by_aspect(card.metrics)["robustness"]}.items()))
         return EvaluationOutput(scored.methods, hashes, scored.evaluators)

@@ -16,6 +16,8 @@ from igmu_lightning.metrics import SampleRate
 from igmu_lightning.metrics.fid import FID
 from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps
 
+FID_OFF = "fid_features is null"  # why an FID that applies was skipped
+
 
 class Scorecard:
     """One model's metrics (``aspect.metric`` -> summary) and the ones skipped, with why.
@@ -80,7 +82,7 @@ class Scorecard:
         """``preservation.fid_<suffix>`` and ``preservation.feature_distance_<suffix>`` of images
         paired with the original's (same prompt and seed); a missing feature network skips its metric."""
         if fid_features is None:
-            self.skip(f"preservation.fid_{suffix}", "fid_features is null")
+            self.skip(f"preservation.fid_{suffix}", FID_OFF)
         else:
             self.fid(f"preservation.fid_{suffix}", fid_features, [(refs, ours, order)])
         if distance is not None:
