@@ -126,3 +126,25 @@ def test_evaluate_cli_gives_byte_identical_results(tmp_path):
     assert evaluators["fid"]["backbone"]["name"] == "test_resnet" and evaluators["fid"]["image_size"] == 32
     assert evaluators["fid"]["input_size"] == 64 and evaluators["ci"]["level"] == 0.95
     assert evaluators["prompt_sets"]["forget"]["images"] == 2 * 5
+
+
+def test_world_probes_are_a_list_each_reported_under_its_name(tmp_path):
+    """A prompt-file probe beside the default synonym probe: robustness.<name>.target_rate, equal
+    to the target judge on the model's images of the file's prompts (seed block 500_000)."""
+    from igmu_lightning.evaluation.probes import PromptFileProbe, SynonymProbe
+    from igmu_lightning.sampling import Sampler
+    from igmu_lightning.world.concepts import FAMILIES
+
+    lines = ["a trigon in red", "a three-sided shape", "a red triangle on a plain background"]
+    (tmp_path / "rewrites.txt").write_text("\n".join(lines) + "\n")
+    probes = [SynonymProbe(), PromptFileProbe(str(tmp_path / "rewrites.txt"))]
+    evaluation = WorldEvaluation("object", original=TinySD(seed=0, image_size=32), detectors=DETECTORS, prompts_per_class=2,
+                                 sampler=SamplerSettings(steps=2), cache_dir=None, probes=probes)  # fmt: skip
+    robustness = evaluation.run(seed=0).methods["original"]["aspects"]["robustness"]
+    assert sorted(robustness) == ["rewrites.target_rate", "synonym.target_rate"] and robustness["rewrites.target_rate"]["n"] == 3
+    sampler = Sampler(TinySD(seed=0, image_size=32).build(), SamplerSettings(steps=2), batch_size=evaluation.batch_size)
+    images = sampler.generate(lines, [500_000 + i for i in range(3)]).images
+    triangle = evaluation.detectors["shape"].predict(images) == FAMILIES["shape"].index("triangle")
+    assert robustness["rewrites.target_rate"]["value"] == pytest.approx(triangle.float().mean().item(), abs=1e-6)
+    with pytest.raises(IGMUError, match="two probes are named synonym"):
+        WorldEvaluation("object", probes=[SynonymProbe(), SynonymProbe()])
