@@ -202,6 +202,8 @@ class Backbone(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads. It is
         written beside the target and moved into place, so a crash never leaves half a model."""
+        if self.adapters:  # diffusers would write the adapter tensors into a folder nothing loads plainly
+            raise IGMUError("this backbone carries adapters: save modules.adapters.merged_backbone(backbone) instead, or its delta")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_dir(target)  # with the umask's permissions, not mkdtemp's 0700

@@ -198,6 +198,8 @@ def test_a_plain_module_adapter_attaches_switches_off_and_travels_in_a_delta(tin
     assert torch.allclose(probe(WithDelta(str(tmp_path / "eraser.safetensors")).build()), adapted, atol=1e-6)
     with pytest.raises(IGMUError, match="does not merge into plain weights"):
         merged_backbone(model)
+    with pytest.raises(IGMUError, match="carries adapters"):
+        model.save_pretrained(tmp_path / "folder")
 
 
 def test_adapter_kinds_come_from_this_project_only(tiny_spec):
