@@ -23,13 +23,15 @@ class UnlearningModule(BackboneModule):
     """Args:
     backbone: the model to unlearn from.
     trainable: preset names or regexes (``xattn``, ``noxattn``, ``unet``, ``text_encoder``...).
-    lr: learning rate of the algorithm's optimizer.
+    lr: learning rate of the algorithm's official optimizer (``OPTIMIZER``); None: its official lr.
     export_dir: the unlearned model is saved there (diffusers folder) at the end of fit.
+    optimizer, lr_scheduler, weight_decay: see ``BackboneModule`` (and ``utils.optim`` for which wins).
     """
 
-    def __init__(self, backbone: BackboneSpec, trainable: list[str], lr: float, export_dir: str | None = None) -> None:
-        super().__init__(backbone, trainable, export_dir)
-        self.lr = lr
+    def __init__(self, backbone: BackboneSpec, trainable: list[str], lr: float | None, export_dir: str | None = None,
+                 optimizer=None, lr_scheduler=None, weight_decay: float | None = None) -> None:  # fmt: skip
+        settings = {"lr": lr, "weight_decay": weight_decay}
+        super().__init__(backbone, trainable, export_dir, optimizer, lr_scheduler, settings)
         unet_params = dict(self.backbone.unet.named_parameters())
         # Only UNet tensors the algorithm trains are kept: the rest of the teacher is the live UNet.
         self.originals = {n: p.detach().clone() for n, p in unet_params.items() if p.requires_grad}
@@ -64,6 +66,3 @@ class UnlearningModule(BackboneModule):
 
     def teacher_sampler(self, settings: SamplerSettings) -> Sampler:
         return Sampler(self.backbone, settings, unet=self.teacher)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
