@@ -25,13 +25,15 @@ class UnlearningModule(BackboneModule):
     """Args:
     backbone: the model to unlearn from.
     trainable: preset names or regexes (``xattn``, ``noxattn``, ``unet``, ``text_encoder``...).
-    lr: learning rate of the algorithm's optimizer.
+    lr: learning rate of the algorithm's official optimizer (``OPTIMIZER``); None: its official lr.
     export_dir: the unlearned model is saved there (diffusers folder) at the end of fit.
+    optimizer, lr_scheduler, weight_decay: see ``BackboneModule`` (and ``utils.optim`` for which wins).
     """
 
-    def __init__(self, backbone: BackboneSpec, trainable: list[str], lr: float, export_dir: str | None = None) -> None:
-        super().__init__(backbone, trainable, export_dir)
-        self.lr = lr
+    def __init__(self, backbone: BackboneSpec, trainable: list[str], lr: float | None, export_dir: str | None = None,
+                 optimizer=None, lr_scheduler=None, weight_decay: float | None = None) -> None:  # fmt: skip
+        settings = {"lr": lr, "weight_decay": weight_decay}
+        super().__init__(backbone, trainable, export_dir, optimizer, lr_scheduler, settings)
         # Only tensors the algorithm trains are kept (by name within their component): the rest of
         # the teacher is the live model. Adapter tensors are left out: the teacher switches them off.
         self.originals = self._trained_originals("unet")
@@ -85,6 +87,3 @@ class UnlearningModule(BackboneModule):
     def teacher_sampler(self, settings: SamplerSettings) -> Sampler:
         """Samples the model as it was before unlearning: teacher UNet and teacher text encoder."""
         return Sampler(self.backbone, settings, unet=self.teacher, encode=self.teacher_encode)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.trainable_parameters(), lr=self.lr)

@@ -47,6 +47,19 @@ class PromptTruncatedWarning(UserWarning):
     """A prompt was longer than the text encoder's context and was cut."""
 
 
+PREDICTION_TYPES = ("epsilon",)  # what the sampler and every training loss assume the UNet predicts
+
+
+def check_prediction_type(prediction_type: str, given: str) -> None:
+    """Refuse a UNet that predicts something other than the noise: its outputs would be read as eps."""
+    if prediction_type == "v_prediction":
+        raise IGMUError(f"model '{given}' predicts v (scheduler prediction_type v_prediction): SD 2.x v-prediction "
+                        "models are not supported yet: use an epsilon-prediction model such as SD v1.x")  # fmt: skip
+    if prediction_type not in PREDICTION_TYPES:
+        raise IGMUError(f"model '{given}' has scheduler prediction_type '{prediction_type}': only "
+                        f"{', '.join(PREDICTION_TYPES)} is supported: use an epsilon-prediction model")  # fmt: skip
+
+
 class Backbone(nn.Module):
     """UNet, text encoder and VAE as sub-modules (so Lightning moves and saves them), plus the
     tokenizer and the training noise scheduler. Every weight starts frozen: an algorithm unfreezes
@@ -70,6 +83,9 @@ class Backbone(nn.Module):
         self.scheduler = scheduler
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         self.source = source
+        # What the UNet predicts (epsilon only for now): samplers and losses may check it.
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        check_prediction_type(self.prediction_type, source)
         # Sampling-time guidance (e.g. SLD's SafetyGuidance): every sampler of this backbone uses it.
         self.guidance = None
         # Adapters attached by an algorithm (backbone.adapters.AdapterSpec), the state-dict names of

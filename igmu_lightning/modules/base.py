@@ -17,6 +17,7 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.modules.adapters import export_adapter_model
 from igmu_lightning.modules.params import select_parameters
 from igmu_lightning.utils.io import atomic_write_json
+from igmu_lightning.utils.optim import callable_config, lightning_optimization, optimizer_factory
 
 
 class BackboneModule(LightningModule):
@@ -29,10 +30,22 @@ class BackboneModule(LightningModule):
         backbone: which diffusion model to load or build.
         trainable: preset names or regexes of the parameters to train (see ``modules.params``).
         export_dir: when set, the model is saved there as a diffusers folder at the end of fit.
+        optimizer: replaces ``OPTIMIZER`` (then ``optimizer_settings`` must all be None: see
+            ``utils.optim`` for the rule).
+        lr_scheduler: a schedule stepped every optimizer step (default: ``default_lr_scheduler``).
+        optimizer_settings: the subclass's shortcut keys (``lr``, ``weight_decay``; None: official).
     """
 
-    def __init__(self, backbone: BackboneSpec, trainable: list[str] | None = None, export_dir: str | None = None):
+    # The official optimizer (docs/parity.md) and its official settings, used without ``optimizer``.
+    OPTIMIZER: type[torch.optim.Optimizer] = torch.optim.AdamW
+    OPTIMIZER_DEFAULTS: dict = {}
+
+    def __init__(self, backbone: BackboneSpec, trainable: list[str] | None = None, export_dir: str | None = None,
+                 optimizer=None, lr_scheduler=None, optimizer_settings: dict | None = None):  # fmt: skip
         super().__init__()
+        self.optimizer_factory = optimizer_factory(self.OPTIMIZER, self.OPTIMIZER_DEFAULTS, optimizer,
+                                                   optimizer_settings or {}, type(self).__name__)  # fmt: skip
+        self.lr_scheduler_factory = lr_scheduler
         backbone = BackboneSpec.from_config(backbone)  # a dict when rebuilt by load_from_checkpoint
         self.backbone_spec = backbone
         self.backbone: Backbone = backbone.build()
@@ -77,6 +90,19 @@ class BackboneModule(LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def configure_optimizers(self):
+        return self.optimization(self.trainable_parameters())
+
+    def optimization(self, params):
+        """The configured (or official) optimizer over ``params`` (tensors or groups) and its schedule."""
+        optimizer = self.optimizer_factory(params)
+        factory = self.lr_scheduler_factory
+        return lightning_optimization(optimizer, factory(optimizer) if factory else self.default_lr_scheduler(optimizer))
+
+    def default_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        """The schedule without an ``lr_scheduler`` config: None (a constant lr) unless a subclass's keys make one."""
+        return None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = set(self.trainable_names)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -84,6 +110,8 @@ class BackboneModule(LightningModule):
         for key, value in hparams.items():  # plain data only: loadable with weights_only=True
             if isinstance(value, BackboneSpec):
                 hparams[key] = value.to_config()
+            elif key in ("optimizer", "lr_scheduler") and callable(value):
+                hparams[key] = callable_config(value)
         run = {"wall_time_s": self.wall_time(), "logger_version": self._logger_version()}
         cls = type(self)
         checkpoint["igmu"] = {
