@@ -16,6 +16,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from igmu_lightning.backbone.guidance import GUIDANCE_FILE, SamplingGuidance
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.hashing import module_hash
 from igmu_lightning.utils.io import follow_umask, make_temp_dir
@@ -23,7 +24,6 @@ from igmu_lightning.utils.io import follow_umask, make_temp_dir
 COMPONENTS = ("unet", "text_encoder", "vae")
 
 
-GUIDANCE_FILE = "igmu_guidance.json"
 
 
 _WARNED_LONG: set[str] = set()  # prompts already checked for length in this process
@@ -87,7 +87,7 @@ class Backbone(nn.Module):
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         check_prediction_type(self.prediction_type, source)
         # Sampling-time guidance (e.g. SLD's SafetyGuidance): every sampler of this backbone uses it.
-        self.guidance = None
+        self.guidance: SamplingGuidance | None = None
         # Adapters attached by an algorithm (backbone.adapters.AdapterSpec), the state-dict names of
         # the tensors they added, and the hashes of the base before the first one (deltas check those).
         self.adapters: list = []

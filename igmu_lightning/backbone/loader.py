@@ -16,7 +16,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from igmu_lightning.backbone.backbone import GUIDANCE_FILE, Backbone, check_prediction_type
+from igmu_lightning.backbone.backbone import Backbone, check_prediction_type
+from igmu_lightning.backbone.guidance import read_guidance
 from igmu_lightning.errors import IGMUError
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -246,11 +247,5 @@ def load_backbone(
     finally:
         hub_log.setLevel(level)
     backbone = Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)
-    guidance = Path(source) / GUIDANCE_FILE
-    if guidance.is_file():  # sampling-time guidance saved with the model (SLD)
-        try:
-            config = json.loads(guidance.read_text())
-            backbone.guidance = project_class(config["class_path"], "guidance")(**config.get("init_args", {}))
-        except (ValueError, KeyError, TypeError) as err:
-            raise IGMUError(f"'{guidance}' is not a valid guidance file ({err}): delete it or export the model again") from None
+    backbone.guidance = read_guidance(Path(source)) if Path(source).is_dir() else None  # saved with the model (SLD)
     return backbone
