@@ -1,6 +1,6 @@
 """The one table that decides, per CatIGMU category, which prompt sets are generated, which
-robustness probes run and which metrics apply (DESIGN.md section 1), for the world evaluation and
-IGMU-folder scoring alike. Everything else reads it; no category `if` chains elsewhere."""
+robustness probes run and which metrics apply (README.md, "Results JSON"), for the world evaluation
+and IGMU-folder scoring alike. Everything else reads it; no category `if` chains elsewhere."""
 
 from __future__ import annotations
 
