@@ -1,8 +1,9 @@
 """``evaluate.py --config CONFIG [--results_path PATH] [--devices N ...]``: run an ``Evaluation``
 from a YAML config (class_path / init_args, as train.py) and write its results JSON atomically.
 Several devices or nodes run through Lightning Fabric, for evaluations that share their work (world
-evaluation, IGMU-folder scoring, generate-and-score): each process makes and scores its share of
-the prompts or images, the metrics sync across processes, and rank 0 writes the results."""
+evaluation, IGMU-folder scoring, generate-and-score, prompt-set target rate): each process makes and
+scores its share of the prompts or images, the metrics sync across processes, and rank 0 writes the
+results."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def default_results_path(config) -> Path:
     return Path("results") / f"{files[-1].stem if files else 'evaluation'}.json"
 
 
-HEADLINE = ("forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.target_rate")
+HEADLINE = ("forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.synonym.target_rate")
 
 
 def summary_table(methods: dict) -> str:
@@ -87,7 +88,7 @@ def main(args: list[str] | None = None) -> Path:
     if fabric.world_size > 1 and not kind.shares_work:
         raise IGMUError(
             f"{kind.__name__} runs in one process ({fabric.world_size} were asked for): drop --devices / --num_nodes; "
-            "WorldEvaluation, IGMUFolder and GenerateAndScore share their work across processes"
+            "WorldEvaluation, IGMUFolder, GenerateAndScore and PromptSetTargetRate share their work across processes"
         )
     return fabric.launch(evaluate, config)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.evaluation.results import exact
+
+ORIGINAL = "original"  # the name the model before unlearning is reported under
 
 
 @dataclass
@@ -36,6 +39,18 @@ class Evaluation:
                     spec.check()
 
     def run(self, seed: int) -> EvaluationOutput:
+        raise NotImplementedError
+
+
+class ModelComparison(Evaluation):
+    """An evaluation that scores an original model and others against it, given the built models:
+    what ``callbacks.EvalCallback`` runs on the model being trained. ``samples`` holds, after
+    ``compare``, the first images of each model (same prompts and seeds) for an image grid."""
+
+    samples: dict[str, torch.Tensor]
+
+    def compare(self, original: Backbone, models: Iterable[tuple[str, Backbone]], seed: int, total: int | None = None) -> EvaluationOutput:
+        """Score ``original`` (as ``ORIGINAL``) and each (name, model); every process returns the same results."""
         raise NotImplementedError
 
 

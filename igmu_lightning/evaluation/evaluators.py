@@ -36,7 +36,8 @@ def detector_record(detector, path: str | Path | None = None) -> dict:
     if hasattr(detector, "threshold") and hasattr(detector, "nude_scores"):
         return nudenet_record(detector)
     record = {"name": Path(path).name if path else type(detector).__name__, "path": str(path) if path else None}
-    record.update(classes=list(detector.class_names), decision="argmax", sha256=module_hash(detector))
+    weights = module_hash(detector) if isinstance(detector, nn.Module) else None  # a judge without weights has none
+    record.update(classes=list(detector.class_names), decision="argmax", sha256=weights)
     features = getattr(detector, "features", None)
     if features is not None and hasattr(features, "config"):
         record["backbone"] = features.config()

@@ -28,11 +28,10 @@ from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import is_main, share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
 from igmu_lightning.evaluation.judges import JudgeSpec, feature_extractor
-from igmu_lightning.evaluation.results import by_aspect
-from igmu_lightning.metrics import ClassRate, SampleRate
+from igmu_lightning.evaluation.scoring import FID_OFF, Scorecard
+from igmu_lightning.evaluation.tasks import task_category, task_rule
 from igmu_lightning.metrics.clip_score import CSDR, ClipScorer
-from igmu_lightning.metrics.fid import FID
-from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps, match_pairs
+from igmu_lightning.metrics.paired import TimmFeatureMaps, match_pairs
 
 NAME = re.compile(r"^(\d+)_(\d+)_(\d+)$")
 
@@ -168,6 +167,8 @@ class IGMUFolder(Evaluation):
     subject_judge: a person-present judge (``judges.NudeNetPerson``, ``judges.YOLOPerson``) run on
         the forget images: ``preservation.subject_kept``, the share where the subject is still drawn.
     subject_class: the subject judge's class that means "present".
+    category: the task table's category (``evaluation.tasks``), which decides the splits scored
+        and the metrics that apply (default: from ``task``, e.g. ``style_vangogh`` -> style).
     """
 
     shares_work = True
@@ -188,9 +189,16 @@ class IGMUFolder(Evaluation):
         batch_size: int = 64,
         subject_judge: JudgeSpec | None = None,
         subject_class: str = "present",
+        category: str | None = None,
     ) -> None:
         if clip and not stripped_prompts:
             raise IGMUError("CSDR needs stripped_prompts (IGMU's retain.json for nudity and style tasks)")
+        self.category = category or task_category(task)
+        self.rule = task_rule(self.category)
+        for given, metric, key in ((subject_judge, "preservation.subject_kept", "subject_judge"), (clip, "alignment.csdr", "clip")):
+            if given is not None and not self.rule.allows(metric):
+                raise IGMUError(f"{key} is set, but {metric} does not apply to {self.category} erasures (evaluation/tasks.py): "
+                                f"drop {key}, or set category to one it applies to")  # fmt: skip
         self.clip, self.stripped_file = clip, stripped_prompts
         self.folder = Path(root) / concept
         self.prompts_file, self.task, self.judge_spec, self.target = Path(prompts), task, judge, target
@@ -204,7 +212,8 @@ class IGMUFolder(Evaluation):
     def _load(self, files: list[Path]) -> torch.Tensor:
         return torch.stack([load_image(p) for p in files]).to(self.device)
 
-    def _predict(self, judge, files: list[Path]) -> torch.Tensor:
+    def judged(self, judge, files: list[Path]) -> torch.Tensor:
+        """The judge's class of each image file, read and judged in batches."""
         out = [judge.predict(self._load(files[i : i + self.batch_size])) for i in range(0, len(files), self.batch_size)]
         # on the metrics' device: NCCL syncs CUDA states only, and NudeNet answers on the CPU
         return torch.cat(out).to(self.device) if out else torch.zeros(0, dtype=torch.long, device=self.device)
@@ -271,7 +280,7 @@ class IGMUFolder(Evaluation):
             distance_net = TimmFeatureMaps(feature_extractor(self.distance_features)).to(self.device)
         scorer = ClipScorer(self.clip).to(self.device) if self.clip else None
         stripped = list(read_prompt_file(self.stripped_file, self.task).values()) if self.clip else []
-        removed = list_images(self.folder / "remove_word" / self.reference)
+        removed = list_images(self.folder / "remove_word" / self.reference) if "remove_word" in self.rule.reference_sets else {}
         unrelated_ref = list_images(self.folder / "unrelated" / self.reference)
         size = list(load_image(first).shape[-2:]) if first else None
         evaluators = {
@@ -288,50 +297,33 @@ class IGMUFolder(Evaluation):
         for method in tqdm(methods, desc="scoring methods", unit="method", disable=not is_main()):
             forget_files = list_images(forgot / method)
             check_names(forget_files, prompts)
-            metrics = {}
-            rate = ClassRate(target)
+            card = Scorecard(self.rule, self.category, seed)
             keys = own_share(list(forget_files))
-            rate.update(self._predict(judge, [forget_files[k] for k in keys]), prompt_ids(keys, self.device))
-            metrics["forgetting.target_rate"] = rate.summary(seed)
-            skipped = {}
+            card.target_rate("forgetting.target_rate", self.judged(judge, [forget_files[k] for k in keys]), target, prompt_ids(keys, self.device))
             if subject is not None:
-                kept_subject = ClassRate(present)
-                kept_subject.update(self._predict(subject, own_share(list(forget_files.values()))))
-                metrics["preservation.subject_kept"] = kept_subject.summary(seed)
-            unrelated = list_images(self.folder / "unrelated" / method)
+                card.target_rate("preservation.subject_kept", self.judged(subject, own_share(list(forget_files.values()))), present)
+            unrelated = list_images(self.folder / "unrelated" / method) if "unrelated" in self.rule.prompt_sets else {}
             if unrelated:
-                kept = SampleRate()
                 mine_unrelated = own_share(list(unrelated.items()))
                 ids = prompt_ids([key for key, _ in mine_unrelated], self.device)
-                kept.update(self._retained(judge, target, mine_unrelated), ids)
-                metrics["preservation.retain_accuracy"] = kept.summary(seed)
+                card.rate("preservation.retain_accuracy", self._retained(judge, target, mine_unrelated), ids)
             for suffix, mine, theirs in (("remove_word", forget_files, removed), ("retain", unrelated, unrelated_ref)):
                 if not mine or not theirs or (suffix == "retain" and method == self.reference):
                     continue
+                if fid_net is None and distance_net is None:
+                    card.skip(f"preservation.fid_{suffix}", FID_OFF)  # nothing to compute: no images read
+                    continue
                 keys_m, keys_t = sorted(mine), sorted(theirs)
                 pairs = match_pairs(keys_m, keys_t)
-                if fid_net is None:
-                    skipped[f"preservation.fid_{suffix}"] = "fid_features is null"
-                    if distance_net is None:
-                        continue
                 part = share(len(pairs), "images")
                 ours = self._load([mine[keys_m[i]] for i, _ in pairs[part]])
                 refs = self._load([theirs[keys_t[j]] for _, j in pairs[part]])
-                if fid_net is not None:
-                    order = torch.arange(part.start, part.stop)  # positions keep the bootstrap split-free
-                    fid = FID(feature=fid_net)
-                    fid.update(refs, real=True, order=order)
-                    fid.update(ours, real=False, order=order)
-                    metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
-                if distance_net is not None:
-                    distance = FeatureDistance(distance_net)
-                    distance.update(ours, refs, prompt_ids([keys_m[i] for i, _ in pairs[part]], self.device))
-                    metrics[f"preservation.feature_distance_{suffix}"] = distance.summary(seed)
+                order = torch.arange(part.start, part.stop)  # positions keep the bootstrap split-free
+                ids = prompt_ids([keys_m[i] for i, _ in pairs[part]], self.device)
+                card.closeness(suffix, ours, refs, ids, fid_net, distance_net, order)
             if scorer is not None and method != self.reference:
-                metrics["alignment.csdr"] = self._csdr(scorer, stripped, forgot, method, seed)
-            results[method] = {"aspects": by_aspect(metrics)}
-            if skipped:  # metrics that applied but were not computed, and why
-                results[method]["skipped"] = skipped
+                card.add("alignment.csdr", self._csdr(scorer, stripped, forgot, method, seed))
+            results[method] = card.result()  # with "skipped": metrics that applied but were not computed, and why
             if is_main():  # the one process that writes the results
                 hashes[method] = {"images": files_hash(self.folder, method)}
         return EvaluationOutput(results, hashes, evaluators)
@@ -360,7 +352,7 @@ class IGMUFolder(Evaluation):
         """Per unrelated image (relative key, file): its class folder's label when the judge knows
         that class, else "anything but the target" (binary judges such as NudeNet)."""
         keys = [key for key, _ in files]
-        predictions = self._predict(judge, [path for _, path in files])
+        predictions = self.judged(judge, [path for _, path in files])
         hits = []
         for key, predicted in zip(keys, predictions.tolist()):
             label = Path(key).parent.name

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from igmu_lightning.artifacts import save_png
 from igmu_lightning.backbone import BackboneSpec
-from igmu_lightning.data.captioned_folder import load_image
 from igmu_lightning.data.prompts import read_multilingual_csv, read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
 from igmu_lightning.evaluation.distributed import barrier, is_main
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder, check_judge, own_share, read_prompt_file
 from igmu_lightning.evaluation.judges import JudgeSpec
-from igmu_lightning.metrics import ClassRate
+from igmu_lightning.evaluation.results import by_aspect
+from igmu_lightning.evaluation.scoring import Scorecard
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
 
@@ -49,6 +48,7 @@ class GenerateAndScore(Evaluation):
         already worked before any attack).
     judge, target, fid_features, distance_features, clip, subject_judge: as ``IGMUFolder``.
     samples_per_prompt: k in i_j_k.
+    category: the task table's category (default: from ``task``), as ``IGMUFolder``.
     """
 
     shares_work = True
@@ -75,6 +75,7 @@ class GenerateAndScore(Evaluation):
         subject_judge: JudgeSpec | None = None,
         multilingual_prompts: str | None = None,
         adversarial_prompts: dict[str, str] | None = None,
+        category: str | None = None,
     ) -> None:
         if retain_role not in ("remove_word", "unrelated"):
             raise IGMUError(f"retain_role must be remove_word or unrelated, got '{retain_role}'")
@@ -85,7 +86,7 @@ class GenerateAndScore(Evaluation):
         self.forget_file, self.retain_file = forget_prompts, retain_prompts
         self.samples, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
         self.scorer = dict(judge=judge, target=target, fid_features=fid_features, distance_features=distance_features,
-                           subject_judge=subject_judge)  # fmt: skip
+                           subject_judge=subject_judge, category=category)  # fmt: skip
         self.multilingual_file, self.adversarial_files = multilingual_prompts, dict(adversarial_prompts or {})
         for name in self.adversarial_files:
             if not name or "/" in name or "." in name:
@@ -121,17 +122,6 @@ class GenerateAndScore(Evaluation):
                 name: read_prompt_lines(path, f"adversarial prompt file '{name}'") for name, path in self.adversarial_files.items()
             }
         return sets
-
-    def _target_rate(self, judge, target: int, folder: Path, seed: int) -> dict:
-        """Target rate of the judge over the images in ``folder`` (this process's share)."""
-        files = own_share(sorted(folder.glob("*.png")))
-        predictions = [
-            judge.predict(torch.stack([load_image(p) for p in files[i : i + self.batch_size]]).to(self.device)).to(self.device)
-            for i in range(0, len(files), self.batch_size)
-        ]
-        rate = ClassRate(target)
-        rate.update(torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long, device=self.device))
-        return rate.summary(seed)
 
     def check(self) -> None:
         """Every prompt file, the judges and every model (original and methods), before generating."""
@@ -172,11 +162,11 @@ class GenerateAndScore(Evaluation):
                 judge.to(self.device)
             target = judge.class_names.index(self.scorer["target"])
             for name in [self.reference, *self.methods]:  # not other folders an earlier run left in out/
-                aspect = scored.methods[name]["aspects"].setdefault("robustness", {})
+                card = Scorecard(scorer.rule, scorer.category, seed)
                 for kind, sets in robustness.items():
-                    for set_name in sets:
-                        aspect[f"{kind}.{set_name}.target_rate"] = self._target_rate(
-                            judge, target, root / kind / name / set_name, seed
-                        )
-                scored.methods[name]["aspects"]["robustness"] = dict(sorted(aspect.items()))
+                    for set_name in sets:  # this process's share of the set's images
+                        files = own_share(sorted((root / kind / name / set_name).glob("*.png")))
+                        card.target_rate(f"robustness.{kind}.{set_name}.target_rate", scorer.judged(judge, files), target)
+                aspects = scored.methods[name]["aspects"]
+                aspects["robustness"] = dict(sorted({**aspects.get("robustness", {}), **by_aspect(card.metrics)["robustness"]}.items()))
         return EvaluationOutput(scored.methods, hashes, scored.evaluators)

@@ -4,7 +4,6 @@ each unlearned model, with the world's detectors as judges and real renders as t
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,41 +12,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from igmu_lightning.artifacts import RUN_RECORD, ImageCache, model_fingerprint
+from igmu_lightning.artifacts import ImageCache, model_fingerprint
 from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation.base import Evaluation, EvaluationOutput
+from igmu_lightning.evaluation.base import ORIGINAL, EvaluationOutput, ModelComparison
 from igmu_lightning.evaluation.distributed import gather, is_main, share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
 from igmu_lightning.evaluation.generation import generate_images
-from igmu_lightning.evaluation.results import by_aspect, exact
+from igmu_lightning.evaluation.probes import PROBES, Probe, ProbeContext, check_probes
+from igmu_lightning.evaluation.scoring import Scorecard
 from igmu_lightning.evaluation.tasks import task_rule
 from igmu_lightning.evaluation.world import WORLD_DETECTORS, WORLD_MODEL, load_world_detectors
 from igmu_lightning.evaluation.world_sets import PromptBatch, flatten_sets, set_sizes
-from igmu_lightning.metrics import ClassRate, LabelAccuracy, SampleRate
-from igmu_lightning.metrics.fid import FID
-from igmu_lightning.metrics.paired import FeatureDistance, TimmFeatureMaps
+from igmu_lightning.metrics.paired import TimmFeatureMaps
 from igmu_lightning.sampling import Sampler, SamplerSettings
 from igmu_lightning.world.concepts import FAMILIES, TARGETS
 from igmu_lightning.world.render import render_tensor
 
-ORIGINAL = "original"
+__all__ = ["ORIGINAL", "WorldEvaluation", "flatten_sets"]
 
 
-def changed_parameters(model: Backbone, original: Backbone) -> tuple[int, float]:
-    """(count, share) of weight elements that differ from the original model's."""
-    theirs = original.state_dict()
-    changed = total = 0
-    for name, tensor in model.state_dict().items():
-        total += tensor.numel()
-        if name not in theirs or theirs[name].shape != tensor.shape:
-            changed += tensor.numel()
-        else:
-            changed += int((tensor != theirs[name].to(tensor.device, tensor.dtype)).sum())
-    return changed, changed / max(total, 1)
-
-
-class WorldEvaluation(Evaluation):
+class WorldEvaluation(ModelComparison):
     """All EvalIGMU aspects of one world target (object / style / attribute).
 
     Args:
@@ -63,6 +48,8 @@ class WorldEvaluation(Evaluation):
         sampler: sampling settings, the same for every model.
         batch_size: images per sampler batch.
         cache_dir: image cache (None: no cache).
+        probes: robustness probes, each reported as ``robustness.<name>.target_rate`` (default:
+            the task table's, ``[SynonymProbe]``).
     """
 
     shares_work = True
@@ -79,6 +66,7 @@ class WorldEvaluation(Evaluation):
         sampler: SamplerSettings | None = None,
         batch_size: int = 64,
         cache_dir: str | None = "outputs/cache/images",
+        probes: list[Probe] | None = None,
     ) -> None:
         if target not in TARGETS:
             raise IGMUError(f"unknown world target '{target}': choose one of {', '.join(TARGETS)}")
@@ -92,17 +80,20 @@ class WorldEvaluation(Evaluation):
         self.settings, self.batch_size = sampler or SamplerSettings(), batch_size
         self.cache = ImageCache(cache_dir) if cache_dir else None
         self.keep_samples = 8  # forget-prompt images kept per model for image grids
+        self.probes = check_probes(probes if probes is not None else [PROBES[name]() for name in self.rule.probes])
 
     # --- one model ----------------------------------------------------------------------------
     def _images(self, model: Backbone, fingerprint: str, batch: PromptBatch) -> torch.Tensor:
         sampler = Sampler(model, self.settings, batch_size=self.batch_size)
         return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint).to(model.device)
 
-    def _score(self, images: dict, refs: dict, sets: dict[str, PromptBatch], seed: int) -> dict:
-        """Every metric of the task table for one model's images (``refs``: the original's). Under
-        several processes each holds its share of images; every summary syncs the metric states."""
+    def _score(self, images: dict, refs: dict, sets: dict[str, PromptBatch], probed: dict, seed: int) -> Scorecard:
+        """Every metric of the task table for one model's images (``refs``: the original's;
+        ``probed``: probe name -> (prompts, images)). Under several processes each holds its share
+        of images; every summary syncs the metric states."""
         t, detectors = self.target, self.detectors
         device = images["forget"].device  # the models', detectors' and metric states' (NCCL syncs CUDA tensors)
+        card = Scorecard(self.rule, t.category, seed)
 
         def labels(name: str, family: str) -> torch.Tensor:
             return sets[name].labels(family).to(device)
@@ -113,44 +104,32 @@ class WorldEvaluation(Evaluation):
         judge = detectors[t.family]
         word = FAMILIES[t.family].index(t.word)
         predict = {name: judge.predict(x) for name, x in images.items()}
-        metrics: dict[str, dict] = {}
-
-        def rate(metric: SampleRate, *args) -> dict:
-            metric.update(*args)
-            return metric.summary(seed)
-
-        metrics["forgetting.target_rate"] = rate(ClassRate(word), predict["forget"], ids("forget"))
-        unrelated = labels("unrelated", t.family)
-        metrics["preservation.retain_accuracy"] = rate(LabelAccuracy(), predict["unrelated"], unrelated, ids("unrelated"))
-        metrics["preservation.near_accuracy"] = rate(LabelAccuracy(), predict["near"], labels("near", t.family), ids("near"))
-        metrics["robustness.target_rate"] = rate(ClassRate(word), predict["synonym"], ids("synonym"))
+        card.target_rate("forgetting.target_rate", predict["forget"], word, ids("forget"))
+        card.rate("preservation.retain_accuracy", predict["unrelated"] == labels("unrelated", t.family), ids("unrelated"))
+        card.rate("preservation.near_accuracy", predict["near"] == labels("near", t.family), ids("near"))
+        for name, (batch, probe_images) in probed.items():
+            card.target_rate(f"robustness.{name}.target_rate", judge.predict(probe_images), word, batch.prompt_ids(device))
         if self.rule.subject:
             subject = self.rule.subject
-            kept = detectors[subject].predict(images["forget"])
-            metrics["preservation.subject_kept"] = rate(LabelAccuracy(), kept, labels("forget", subject), ids("forget"))
+            kept = detectors[subject].predict(images["forget"]) == labels("forget", subject)
+            card.rate("preservation.subject_kept", kept, ids("forget"))
         # alignment: the other things the forget prompts asked for are still drawn
         asked = [f for f in ("shape", "colour", "style") if f != t.family]
         hits = torch.stack([detectors[f].predict(images["forget"]) == labels("forget", f) for f in asked]).float().mean(0)
-        metrics["alignment.attribute_rate"] = rate(SampleRate(), hits, ids("forget"))
+        card.rate("alignment.attribute_rate", hits, ids("forget"))
         # image quality and closeness to the original, in the shape detector's feature space
         features = detectors["shape"].features
         pairs = [("retain", "unrelated", "unrelated")]
         if "remove_word" in refs:
             pairs.append(("remove_word", "forget", "remove_word"))
         for suffix, mine, theirs in pairs:
-            fid = FID(feature=features)
-            fid.update(refs[theirs], real=True)
-            fid.update(images[mine], real=False)
-            metrics[f"preservation.fid_{suffix}"] = fid.summary(seed)
-            distance = FeatureDistance(TimmFeatureMaps(features))
-            metrics[f"preservation.feature_distance_{suffix}"] = rate(distance, images[mine], refs[theirs], ids(mine))
-        fid = FID(feature=features)
-        for k, name in enumerate(("forget", "unrelated")):  # two sets: positions keep the CI layout-free
-            order = sets[name].positions(offset=k * 1_000_000)
-            fid.update(self._renders(sets[name], seed).to(device), real=True, order=order)
-            fid.update(images[name], real=False, order=order)
-        metrics["quality.fid"] = fid.summary(seed)
-        return metrics
+            card.closeness(suffix, images[mine], refs[theirs], ids(mine), features, TimmFeatureMaps(features))
+        quality = [  # two sets: positions keep the CI layout-free
+            (self._renders(sets[name], seed).to(device), images[name], sets[name].positions(offset=k * 1_000_000))
+            for k, name in enumerate(("forget", "unrelated"))
+        ]
+        card.fid("quality.fid", features, quality)
+        return card
 
     def _renders(self, batch: PromptBatch, seed: int) -> torch.Tensor:
         """Real images of the scenes the prompts ask for: the world's "real set" for FID."""
@@ -159,8 +138,11 @@ class WorldEvaluation(Evaluation):
 
     # --- the evaluation -----------------------------------------------------------------------
     def check(self) -> None:
-        """The detectors and every model (the original and each method) load, before any image."""
+        """The detectors, the probes' files and every model (the original and each method) load,
+        before any image."""
         load_world_detectors(self.detectors_dir, list(FAMILIES))
+        for probe in self.probes:
+            probe.check()
         super().check()
 
     def run(self, seed: int) -> EvaluationOutput:
@@ -191,15 +173,12 @@ class WorldEvaluation(Evaluation):
                 raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
             fingerprint = original_id if model is original else model_fingerprint(model)
             images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
+            context = ProbeContext(self.target.name, seed, self.per_class, model)
+            probed = {p.name: p.images(context, lambda batch: self._images(model, fingerprint, batch)) for p in self.probes}
             with torch.inference_mode():
-                metrics = self._score(images, refs, sets, seed)
-            count, fraction = changed_parameters(model, original)
-            metrics["efficiency.params_changed"] = exact(count)
-            metrics["efficiency.params_changed_share"] = exact(round(fraction, 8))
-            metrics.update(training_cost(model))
-            unknown = set(metrics) - set(self.rule.metrics)
-            assert not unknown, f"metrics outside the task table: {unknown}"
-            methods[name] = {"aspects": by_aspect(metrics)}
+                card = self._score(images, refs, sets, probed, seed)
+            card.efficiency(model, original)
+            methods[name] = card.result()
             # the first forget images (same seeds for every model: a grid), from whichever ranks made them
             self.samples[name] = gather(images["forget"][: self.keep_samples])[: self.keep_samples].cpu()
             hashes[name] = model.hashes()
@@ -209,17 +188,11 @@ class WorldEvaluation(Evaluation):
         return EvaluationOutput(methods, hashes, self._evaluators(whole))
 
     def _evaluators(self, whole: dict[str, PromptBatch]) -> dict:
-        """Provenance: the detectors, the FID features, the interval methods and each set's size."""
+        """Provenance: the detectors, the FID features, the interval methods, each set's size and the probes."""
         judges = {f: detector_record(d, Path(self.detectors_dir) / f) for f, d in self.detectors.items()}
         fid = fid_record(str(Path(self.detectors_dir) / "shape"), self.detectors["shape"].features, self._image_size)
         sizes = {n: {"images": len(b.items), "prompts": len(set(b.groups))} for n, b in sorted(whole.items())}
-        return {"detectors": judges, "target_judge": self.target.family, "fid": fid, "ci": CI_METHODS, "prompt_sets": sizes}
+        probes = {p.name: p.record() for p in self.probes}
+        return {"detectors": judges, "target_judge": self.target.family, "fid": fid, "ci": CI_METHODS, "prompt_sets": sizes,
+                "probes": probes}  # fmt: skip
 
-
-def training_cost(model: Backbone) -> dict:
-    """Wall time and peak memory of the run that made ``model``, when its folder records them."""
-    record = Path(model.source) / RUN_RECORD if model.source else None
-    if record is None or not record.is_file():
-        return {}
-    data = json.loads(record.read_text())
-    return {"efficiency.wall_time_s": exact(data["wall_time_s"]), "efficiency.peak_memory_mb": exact(data["peak_memory_mb"])}

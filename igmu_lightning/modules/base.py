@@ -112,7 +112,9 @@ class BackboneModule(LightningModule):
                 hparams[key] = value.to_config()
             elif key in ("optimizer", "lr_scheduler") and callable(value):
                 hparams[key] = callable_config(value)
-        run = {"wall_time_s": self.wall_time(), "logger_version": self._logger_version()}
+        cost = self.efficiency_record()  # the peak memory so far: EvalIGMU's efficiency of a checkpoint
+        run = {"wall_time_s": self.wall_time(), "peak_memory_mb": cost["peak_memory_mb"],
+               "peak_memory_kind": cost["peak_memory_kind"], "logger_version": self._logger_version()}  # fmt: skip
         cls = type(self)
         checkpoint["igmu"] = {
             "module": f"{cls.__module__}.{cls.__qualname__}",  # --ckpt_path refuses a config of another module

@@ -120,7 +120,7 @@ def test_bad_esd_arguments(tiny_spec):
 
 def test_exported_model_records_its_training_cost(tiny_spec, tmp_path):
     from igmu_lightning.backbone import Pretrained
-    from igmu_lightning.evaluation.world_eval import training_cost
+    from igmu_lightning.evaluation.scoring import training_cost
 
     module = ESD(tiny_spec, concept="a cat", lr=1e-3, ddim_steps=2, export_dir=str(tmp_path / "out"))
     Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(

@@ -112,6 +112,7 @@ def test_two_processes_score_an_igmu_folder_as_one(tmp_path):
     stripped.write_text(json.dumps({"object_triangle": {"triangle": [f"a red shape {j}" for j in range(5)]}}))
     evaluation = {"class_path": "igmu_lightning.evaluation.igmu_folder.IGMUFolder",
                   "init_args": {"root": str(root), "concept": "Triangle", "prompts": str(forgot), "task": "object_triangle",
+                                "category": "attribute",  # the task table applies CSDR to attribute and style erasures
                                 "judge": {"class_path": "igmu_lightning.evaluation.judges.SavedDetector", "init_args": {"path": SHAPE}},
                                 "target": "triangle", "fid_features": SHAPE, "distance_features": SHAPE,
                                 "clip": str(build_tiny_clip(tmp_path / "clip")), "stripped_prompts": str(stripped), "batch_size": 2}}  # fmt: skip

@@ -25,7 +25,9 @@ def igmu_layout(tmp_path):
 
 
 def evaluation(root, prompts, **kw):
-    args = dict(root=str(root), concept="Triangle", prompts=str(prompts), task="object_triangle",
+    # scored as an attribute erasure: the task table then applies the subject-kept and remove_word
+    # metrics some tests below exercise (an object erasure has neither)
+    args = dict(root=str(root), concept="Triangle", prompts=str(prompts), task="object_triangle", category="attribute",
                 judge=SavedDetector(SHAPE), target="triangle", fid_features=SHAPE, distance_features=SHAPE)  # fmt: skip
     return IGMUFolder(**{**args, **kw})
 

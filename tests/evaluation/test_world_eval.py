@@ -17,7 +17,9 @@ def test_task_table_decides_sets_and_metrics():
     assert "preservation.subject_kept" in task_rule("attribute").metrics and task_rule("style").subject == "shape"
     assert "remove_word" in task_rule("nudity").reference_sets and "remove_word" not in task_rule("object").reference_sets
     for rule in TASKS.values():
-        assert {"forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.target_rate"} <= set(rule.metrics)
+        for metric in ("forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.synonym.target_rate"):
+            assert rule.allows(metric)
+        assert rule.probes == ("synonym",) and not rule.allows("robustness.target_rate")
     with pytest.raises(IGMUError, match="unknown task category 'objekt'"):
         task_rule("objekt")
 
@@ -112,7 +114,7 @@ def test_evaluate_cli_gives_byte_identical_results(tmp_path):
         assert "forgetting.target_rate" in result.stdout  # the summary table
     assert paths[0].read_bytes() == paths[1].read_bytes()
     results = json.loads(paths[0].read_text())
-    assert results["methods"]["original"]["aspects"]["robustness"]["target_rate"]["n"] == 4
+    assert results["methods"]["original"]["aspects"]["robustness"]["synonym.target_rate"]["n"] == 4
     # every number says how its interval was made; the run names its judges and FID features
     methods = {m["ci_method"] for a in results["methods"]["original"]["aspects"].values() for m in a.values()}
     assert methods <= {"wilson", "cluster_bootstrap_prompts", "percentile_bootstrap", "exact"} and "exact" in methods
@@ -124,3 +126,25 @@ def test_evaluate_cli_gives_byte_identical_results(tmp_path):
     assert evaluators["fid"]["backbone"]["name"] == "test_resnet" and evaluators["fid"]["image_size"] == 32
     assert evaluators["fid"]["input_size"] == 64 and evaluators["ci"]["level"] == 0.95
     assert evaluators["prompt_sets"]["forget"]["images"] == 2 * 5
+
+
+def test_world_probes_are_a_list_each_reported_under_its_name(tmp_path):
+    """A prompt-file probe beside the default synonym probe: robustness.<name>.target_rate, equal
+    to the target judge on the model's images of the file's prompts (seed block 500_000)."""
+    from igmu_lightning.evaluation.probes import PromptFileProbe, SynonymProbe
+    from igmu_lightning.sampling import Sampler
+    from igmu_lightning.world.concepts import FAMILIES
+
+    lines = ["a trigon in red", "a three-sided shape", "a red triangle on a plain background"]
+    (tmp_path / "rewrites.txt").write_text("\n".join(lines) + "\n")
+    probes = [SynonymProbe(), PromptFileProbe(str(tmp_path / "rewrites.txt"))]
+    evaluation = WorldEvaluation("object", original=TinySD(seed=0, image_size=32), detectors=DETECTORS, prompts_per_class=2,
+                                 sampler=SamplerSettings(steps=2), cache_dir=None, probes=probes)  # fmt: skip
+    robustness = evaluation.run(seed=0).methods["original"]["aspects"]["robustness"]
+    assert sorted(robustness) == ["rewrites.target_rate", "synonym.target_rate"] and robustness["rewrites.target_rate"]["n"] == 3
+    sampler = Sampler(TinySD(seed=0, image_size=32).build(), SamplerSettings(steps=2), batch_size=evaluation.batch_size)
+    images = sampler.generate(lines, [500_000 + i for i in range(3)]).images
+    triangle = evaluation.detectors["shape"].predict(images) == FAMILIES["shape"].index("triangle")
+    assert robustness["rewrites.target_rate"]["value"] == pytest.approx(triangle.float().mean().item(), abs=1e-6)
+    with pytest.raises(IGMUError, match="two probes are named synonym"):
+        WorldEvaluation("object", probes=[SynonymProbe(), SynonymProbe()])
