@@ -301,7 +301,9 @@ class IGMUFolder(Evaluation):
             keys = own_share(list(forget_files))
             card.target_rate("forgetting.target_rate", self.judged(judge, [forget_files[k] for k in keys]), target, prompt_ids(keys, self.device))
             if subject is not None:
-                card.target_rate("preservation.subject_kept", self.judged(subject, own_share(list(forget_files.values()))), present)
+                # the same share and the same prompt clusters as the target rate: a prompt's k samples are not independent
+                kept = self.judged(subject, [forget_files[k] for k in keys])
+                card.target_rate("preservation.subject_kept", kept, present, prompt_ids(keys, self.device))
             unrelated = list_images(self.folder / "unrelated" / method) if "unrelated" in self.rule.prompt_sets else {}
             if unrelated:
                 mine_unrelated = own_share(list(unrelated.items()))

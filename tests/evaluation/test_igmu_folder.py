@@ -2,11 +2,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.igmu_folder import IGMUFolder
 from igmu_lightning.evaluation.judges import JudgeSpec, SavedDetector
+from igmu_lightning.metrics import rate_summary
 from tests.conftest import ROOT, SHAPE, draw
 
 
@@ -231,3 +233,24 @@ def test_results_name_the_nudenet_judge_and_use_prompt_clusters(tmp_path):
     fid = results["run"]["evaluators"]["fid"]
     assert fid["backbone"]["name"] == "test_resnet" and fid["input_size"] == 64 and fid["image_size"] == [32, 32]
     assert "wilson" in results["run"]["evaluators"]["ci"]["rates"]
+
+
+def test_subject_kept_clusters_the_samples_of_a_prompt(tmp_path):
+    """Two samples of each prompt are not independent: subject_kept gets the same cluster interval
+    as the target rate (by hand: the images' 0/1 outcomes with each prompt's id as its cluster)."""
+    root = tmp_path / "images"
+    outcomes, groups = [], []
+    for j in range(4):
+        for k in range(2):  # prompt j draws the subject in both of its samples for j < 2, else in neither
+            for method in ("ORG", "ESD"):
+                path = root / "Triangle/forgot" / method / "triangle" / f"0_{j}_{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((32, 32, 3), 230 if (method == "ORG" or j < 2) else 20, np.uint8)).save(path)
+            outcomes.append(float(j < 2))
+            groups.append(j)
+    prompts = tmp_path / "forgot.json"
+    prompts.write_text(json.dumps({"object_triangle": {"triangle": [f"a red triangle {j}" for j in range(4)]}}))
+    output = evaluation(root, prompts, fid_features=None, distance_features=None, subject_judge=StubSubject()).run(seed=0)
+    kept = output.methods["ESD"]["aspects"]["preservation"]["subject_kept"]
+    expected = rate_summary(torch.tensor(outcomes), torch.tensor(groups), seed=0)
+    assert kept == expected and kept["ci_method"] != "wilson"
