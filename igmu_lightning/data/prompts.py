@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -67,7 +68,7 @@ class Steps(Dataset):
 class StepData(LightningDataModule):
     """Batches that carry no data, ``{"step": tensor([i])}``, for modules whose training step reads
     no batch (UCE applies its closed-form edit once, SLD trains nothing): the loop runs
-    ``steps_per_epoch`` steps in order, and no random number is drawn.
+    ``steps_per_epoch`` steps in order, and it draws nothing from the global random stream.
 
     Args:
     steps_per_epoch: batches in one epoch (1: the one step of a closed-form or training-free method).
@@ -80,7 +81,8 @@ class StepData(LightningDataModule):
         self.steps_per_epoch = steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(Steps(self.steps_per_epoch), batch_size=1)
+        # Its own generator for the loader's per-epoch base seed: the global stream stays untouched.
+        return DataLoader(Steps(self.steps_per_epoch), batch_size=1, generator=torch.Generator())
 
 
 # --- HUB's prompt files ----------------------------------------------------------------------
