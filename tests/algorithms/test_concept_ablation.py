@@ -323,3 +323,22 @@ def test_the_embedding_group_trains_only_the_target_words_rows(tiny_spec, tmp_pa
     target_ids = module.backbone.tokenizer("triangle", add_special_tokens=False).input_ids
     # only "triangle"'s row learns; weight decay would have shrunk every other row
     assert moved.nonzero().flatten().tolist() == sorted(target_ids)
+
+
+def test_a_resumed_run_trains_what_the_uninterrupted_one_does(tiny_spec, tmp_path):
+    """The anchor generator (the loader's state) and the encoded latents (the module's) come back
+    from the checkpoint: steps 3-4 after a resume move the weights exactly as without the stop."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(steps: int, ckpt_path=None, save: bool = False) -> dict:
+        module = make(tiny_spec, prior_weight=1.0, lr=1e-2)
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=2, save_top_k=-1)
+        Trainer(max_steps=steps, logger=False, enable_checkpointing=save, callbacks=[saver] if save else [],
+                enable_progress_bar=False).fit(module, anchors(tmp_path, hflip=True), ckpt_path=ckpt_path)  # fmt: skip
+        return {n: p.detach().clone() for n, p in module.backbone.named_parameters() if p.requires_grad}
+
+    whole = run(4)
+    first = run(2, save=True)
+    resumed = run(4, ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")
+    assert any(not torch.equal(first[n], whole[n]) for n in whole)
+    assert all(torch.equal(resumed[n], whole[n]) for n in whole)
