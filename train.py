@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train (or validate, test, predict with) any igmu-lightning module from a YAML config.
 
-    python train.py fit --config configs/finetune/captioned_folder.yaml
+    python train.py fit --config configs/finetune/sd14_captioned_folder.yaml
     python train.py fit --config C --print_config
 """
 

@@ -20,7 +20,7 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.io import atomic_write_json, atomic_write_text
 from igmu_lightning.utils.provenance import provenance
 
-DEFAULT_LOGGER = {"class_path": "igmu_lightning.logging.WandbLogger"}
+DEFAULT_LOGGER = {"class_path": "igmu_lightning.loggers.WandbLogger"}
 CHECKPOINTS_PER_RUN = 6  # the default cadence: last.ckpt every max_steps / 6 steps (50 of the world's 300)
 LIGHTNING_CKPT_NAMES = ("best", "hpc")  # --ckpt_path values Lightning resolves itself
 

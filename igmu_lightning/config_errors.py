@@ -19,6 +19,8 @@ CLASS = re.compile(r"Problem with given class_path '([^']+)'")
 KEY = re.compile(r'Parser key "([^"]+)"')
 UNKNOWN = re.compile(r"Option '([^']+)' is not accepted")
 TYPE = re.compile(r"Expected a <class '([^']+)'>\. Got value: (.*)")
+# an Optional[...] value (e.g. lr: float | None): the type, then None's failure, then the value
+OPTIONAL_TYPE = re.compile(r"- Expected a <class '([^']+)'>\n\s*- Expected a <class 'NoneType'>\n\s*Given value type: .*\n\s*Given value: (.*)")
 REQUIRED = re.compile(r"the following arguments are required: (.*)")
 NO_ATTR = re.compile(r"module '([^']+)' has no attribute '([^']+)'")
 UNRECOGNIZED = re.compile(r"(?:unrecognized arguments|does not accept option)[: ]+'?-*([\w.]+)")
@@ -90,7 +92,7 @@ def one_line(message: str, args: list[str], parser_keys: list[str] | None = None
         module = importlib.import_module(m[1]) if m[1] else None
         names = [n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_")] if module else []
         return f"class_path '{classes[-1] if classes else m[2]}' {where('class_path', args)} does not exist: {suggest(m[2], names)}"
-    if m := TYPE.search(message):
+    if m := TYPE.search(message) or OPTIONAL_TYPE.search(message):
         key = keys[-1] if keys else "a value"
         return f"'{dotted or key}' {where(key, args)} must be {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]}, got '{m[2].strip()}': fix its value"
     if m := REQUIRED.search(message):

@@ -85,6 +85,8 @@ class Sampler:
         progress: show a progress bar over batches.
         unet: what predicts the noise, ``unet(latents, t, encoder_hidden_states=...)`` returning
             ``.sample`` (default: the backbone's UNet; unlearning modules pass their frozen teacher).
+        encode: prompts to embeddings (default: the backbone's ``encode_prompts``; unlearning
+            modules pass their teacher's text encoder).
         compile: ``torch.compile`` the UNet in place (its state-dict keys stay the same). It pays
             on long runs: the first batch waits for the compilation (about 45 s for the world's
             model on 2 CPU cores), then each UNet call is faster (1.24x there).
@@ -98,11 +100,13 @@ class Sampler:
         progress: bool = False,
         unet=None,
         compile: bool = False,
+        encode=None,
     ) -> None:
         if batch_size < 1:
             raise IGMUError(f"sampler batch_size must be >= 1, got {batch_size}")
         self.backbone = backbone
         self.unet = unet or backbone.unet
+        self.encode = encode or backbone.encode_prompts
         if compile and isinstance(self.unet, torch.nn.Module) and getattr(self.unet, "_compiled_call_impl", None) is None:
             self.unet.compile()  # in place: parameters and checkpoint keys are untouched
         self.guidance = getattr(backbone, "guidance", None)
@@ -171,9 +175,23 @@ class Sampler:
 
     def text_pair(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(conditional, unconditional) embeddings; the negative prompt fills the unconditional half."""
-        cond = self.backbone.encode_prompts(prompts)
-        uncond = self.backbone.encode_prompts([self.settings.negative_prompt]).expand_as(cond)
-        return cond, uncond
+        cond = self.encode(prompts)
+        return cond, self.unconditional(cond)
+
+    def unconditional(self, cond: torch.Tensor) -> torch.Tensor:
+        """The negative prompt's embedding, shaped like ``cond``."""
+        return self.encode([self.settings.negative_prompt]).expand_as(cond)
+
+    def sample_embeddings(self, cond: torch.Tensor, seeds: list[int], uncond: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1], on the model's device, from prompt embeddings (B, L, D),
+        e.g. ``backbone.encode_embeddings`` of optimised token embeddings: gradients reach ``cond``
+        unless called under no_grad. ``sample_batch`` runs this same code without gradients."""
+        scheduler = self.make_scheduler()
+        generators = self.generators(seeds)  # starting noise, then any scheduler noise, per image
+        latents = self.initial_latents(generators, scheduler)
+        uncond = self.unconditional(cond) if uncond is None else uncond
+        latents = self.denoise(latents, cond, uncond, scheduler, generators)
+        return self.backbone.decode_latents(latents)
 
     # --- the public entry points ------------------------------------------------------------
     @torch.inference_mode()
@@ -184,12 +202,8 @@ class Sampler:
         if pad_to is not None and pad_to > n:
             prompts = list(prompts) + [prompts[-1]] * (pad_to - n)
             seeds = list(seeds) + [seeds[-1]] * (pad_to - n)
-        scheduler = self.make_scheduler()
-        generators = self.generators(seeds)  # starting noise, then any scheduler noise, per image
-        latents = self.initial_latents(generators, scheduler)
         cond, uncond = self.text_pair(prompts)
-        latents = self.denoise(latents, cond, uncond, scheduler, generators)
-        return self.backbone.decode_latents(latents)[:n].cpu()
+        return self.sample_embeddings(cond, seeds, uncond)[:n].cpu()
 
     def generate(self, prompts: list[str], seeds: list[int] | None = None, base_seed: int = 0) -> Samples:
         """Images for every prompt, in batches of ``batch_size``; seed i defaults to base_seed + i."""

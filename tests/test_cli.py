@@ -28,7 +28,7 @@ def test_print_config_resolves_a_shipped_config():
     backbone = config["model"]["init_args"]["backbone"]
     assert backbone["class_path"] == "igmu_lightning.backbone.Pretrained"  # the composed file was inlined
     assert backbone["init_args"]["path"] == "CompVis/stable-diffusion-v1-4"
-    assert config["trainer"]["logger"]["class_path"] == "igmu_lightning.logging.WandbLogger"
+    assert config["trainer"]["logger"]["class_path"] == "igmu_lightning.loggers.WandbLogger"
     assert config["seed_everything"] == 0
 
 

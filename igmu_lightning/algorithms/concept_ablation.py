@@ -30,6 +30,7 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
@@ -64,10 +65,15 @@ class ConceptAblation(UnlearningModule):
         of the token-embedding table learn; target and prior prompts are encoded with gradients).
     loss: ``model`` (the default "model-based" target, the anchor prompt's prediction) or ``noise``.
     reduction: ``official`` (masked: summed over the latent inside the border mask / mask sum) or ``mean``.
-    lr: the effective AdamW learning rate. The official ``--scale_lr`` multiplies its CLI value by
-        batch size x GPUs (x gradient accumulation, x2 with the prior term): 2e-6 x 4 x 2 = 1.6e-5.
-    weight_decay: AdamW weight decay (1e-2). Clip gradients at 1 with the trainer's gradient_clip_val.
+    lr: the effective AdamW learning rate (None: 1.6e-5). The official ``--scale_lr`` multiplies its CLI
+        value by batch size x GPUs (x gradient accumulation, x2 with the prior term): 2e-6 x 4 x 2 = 1.6e-5.
+    weight_decay: AdamW weight decay (None: 1e-2). Clip gradients at 1 with the trainer's gradient_clip_val.
+    optimizer, lr_scheduler: replace the official AdamW / the constant lr (``utils.optim``: then leave lr
+        and weight_decay unset).
     """
+
+    # docs/parity.md, Concept Ablation: optimizer (AdamW, betas 0.9/0.999, eps 1e-8: torch's defaults)
+    OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.AdamW, {"lr": 1.6e-5, "weight_decay": 1e-2}
 
     def __init__(
         self,
@@ -80,9 +86,11 @@ class ConceptAblation(UnlearningModule):
         trainable: list[str] | None = None,
         loss: Literal["model", "noise"] = "model",
         reduction: Literal["official", "mean"] = "official",
-        lr: float = 1.6e-5,
-        weight_decay: float = 1e-2,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if not target.strip():
             raise IGMUError("ConceptAblation needs a non-empty target concept")
@@ -94,12 +102,12 @@ class ConceptAblation(UnlearningModule):
             raise IGMUError(f"unknown ConceptAblation reduction '{reduction}': choose official or mean")
         if prior_weight < 0:
             raise IGMUError(f"prior_weight must be >= 0, got {prior_weight}")
-        super().__init__(backbone, trainable or ["xattn_kv"], lr, export_dir)
+        super().__init__(backbone, trainable or ["xattn_kv"], lr, export_dir, optimizer, lr_scheduler, weight_decay)
         self.save_hyperparameters()
         self.target, self.mode = target.strip(), mode
         self.anchor_words = [anchor] if isinstance(anchor, str) else list(anchor or [])
         self.style_templates = list(style_templates or STYLE_TEMPLATES)
-        self.prior_weight, self.weight_decay, self.loss, self.reduction = prior_weight, weight_decay, loss, reduction
+        self.prior_weight, self.loss, self.reduction = prior_weight, loss, reduction
         self.trains_text = any(name.startswith("backbone.text_encoder.") for name in self.trainable_names)
         if mode == "object" and not [w for w in self.anchor_words if w.strip()]:
             raise IGMUError("object mode replaces the anchor word: set anchor (e.g. anchor: square)")
@@ -187,7 +195,7 @@ class ConceptAblation(UnlearningModule):
             rows = self._target_rows(table)  # built once, on the table's device, not on every backward
             self._rows_hook = table.register_hook(lambda grad: grad * rows)
             groups.append({"params": [table], "weight_decay": 0.0})
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, weight_decay=self.weight_decay)
+        return self.optimization([g for g in groups if g["params"]])
 
     def _embedding_table(self) -> torch.nn.Parameter | None:
         table = self.backbone.text_encoder.get_input_embeddings().weight

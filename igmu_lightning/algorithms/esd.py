@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
@@ -55,8 +56,11 @@ class ESD(UnlearningModule):
     ddim_steps: DDIM steps of the partial sampling (50).
     sample_with: which model samples x_t: ``frozen`` (2025 code) or ``trained`` (paper-era code).
     timestep_mapping: ``aligned`` or ``compvis`` (the paper-era code's, see above).
-    lr: Adam learning rate (paper-era 1e-5, 2025 5e-5).
+    lr: Adam learning rate (None: 1e-5, the paper-era code's; 2025 code 5e-5).
+    optimizer, lr_scheduler: replace the official Adam / the constant lr (``utils.optim``: then leave lr unset).
     """
+
+    OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.Adam, {"lr": 1e-5}  # docs/parity.md, ESD: "optimizer, lr"
 
     def __init__(
         self,
@@ -69,8 +73,10 @@ class ESD(UnlearningModule):
         ddim_steps: int = 50,
         sample_with: Literal["frozen", "trained"] = "frozen",
         timestep_mapping: Literal["aligned", "compvis"] = "aligned",
-        lr: float = 1e-5,
+        lr: float | None = None,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if variant not in VARIANTS:
             raise IGMUError(f"unknown ESD variant '{variant}': choose one of {', '.join(VARIANTS)}")
@@ -78,7 +84,7 @@ class ESD(UnlearningModule):
             raise IGMUError(f"unknown ESD timestep_mapping '{timestep_mapping}': choose aligned or compvis")
         if xt_prompt not in ("concept", "erase_from"):
             raise IGMUError(f"unknown ESD xt_prompt '{xt_prompt}': choose concept or erase_from")
-        super().__init__(backbone, VARIANTS[variant], lr, export_dir)
+        super().__init__(backbone, VARIANTS[variant], lr, export_dir, optimizer, lr_scheduler)
         self.save_hyperparameters()
         self.erase_from = erase_from
         self.eta, self.ddim_steps, self.sample_with = negative_guidance, ddim_steps, sample_with

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 from diffusers.models.attention_processor import Attention
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
@@ -77,9 +78,14 @@ class FMN(UnlearningModule):
         ``use_pooler: true`` on SD v1.x: EOS and every padding token), ``eos`` (the first one only,
         what the official code marks on SD 2.x) or ``none``.
     trainable: ``unet`` (official default, only_optimize_ca false) or ``xattn`` (attn2 only).
-    lr: AdamW learning rate (2e-6).
-    weight_decay: AdamW weight decay (0.01).
+    lr: AdamW learning rate (None: 2e-6, the official).
+    weight_decay: AdamW weight decay (None: 0.01, the official).
+    optimizer, lr_scheduler: replace the official AdamW / the constant lr (``utils.optim``: then leave lr
+        and weight_decay unset).
     """
+
+    # docs/parity.md, Forget-Me-Not: optimizer (configs/attn.yaml)
+    OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.AdamW, {"lr": 2e-6, "weight_decay": 0.01}
 
     def __init__(
         self,
@@ -87,9 +93,11 @@ class FMN(UnlearningModule):
         concept: str | list[str],
         pooler: Literal["all", "eos", "none"] = "all",
         trainable: Literal["unet", "xattn"] = "unet",
-        lr: float = 2e-6,
-        weight_decay: float = 0.01,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if trainable not in ("unet", "xattn"):
             raise IGMUError(f"FMN trains 'unet' or 'xattn', got '{trainable}'")
@@ -98,9 +106,9 @@ class FMN(UnlearningModule):
         concepts = [concept] if isinstance(concept, str) else list(concept)
         if not concepts or not all(c.strip() for c in concepts):
             raise IGMUError("FMN needs a non-empty concept word to suppress")
-        super().__init__(backbone, [trainable], lr, export_dir)
+        super().__init__(backbone, [trainable], lr, export_dir, optimizer, lr_scheduler, weight_decay)
         self.save_hyperparameters()
-        self.weight_decay, self.pooler = weight_decay, pooler
+        self.pooler = pooler
         tok = self.backbone.tokenizer
         self.concepts = {c: tok(c, add_special_tokens=False).input_ids for c in concepts}
 
@@ -182,6 +190,3 @@ class FMN(UnlearningModule):
         loss = self.attention_loss(x_t, t, forget["prompt"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(forget["prompt"]))
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)

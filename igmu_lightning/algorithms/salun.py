@@ -18,6 +18,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
 from igmu_lightning.algorithms.base import UnlearningModule
@@ -37,8 +38,11 @@ class SalUn(UnlearningModule):
     mask_guidance: w of the saliency loss (7.5).
     mask_batches: forget batches per device the mask is summed over (default: one epoch of the loader).
     trainable: what is trained and masked (the full UNet).
-    lr: Adam learning rate (1e-5).
+    lr: Adam learning rate (None: 1e-5, the official).
+    optimizer, lr_scheduler: replace the official Adam / the constant lr (``utils.optim``: then leave lr unset).
     """
+
+    OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.Adam, {"lr": 1e-5}  # docs/parity.md, SalUn: optimizer
 
     def __init__(
         self,
@@ -50,8 +54,10 @@ class SalUn(UnlearningModule):
         mask_guidance: float = 7.5,
         mask_batches: int | None = None,
         trainable: list[str] | None = None,
-        lr: float = 1e-5,
+        lr: float | None = None,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         if (pseudo_prompt is None) == (not pseudo_words):
             raise IGMUError(
@@ -61,7 +67,7 @@ class SalUn(UnlearningModule):
             raise IGMUError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
         if mask_batches is not None and mask_batches < 1:
             raise IGMUError(f"mask_batches must be >= 1 (or null for one epoch), got {mask_batches}")
-        super().__init__(backbone, trainable or ["unet"], lr, export_dir)
+        super().__init__(backbone, trainable or ["unet"], lr, export_dir, optimizer, lr_scheduler)
         self.save_hyperparameters()
         self.pseudo_prompt, self.pseudo_words = pseudo_prompt, dict(pseudo_words or {})
         self.alpha, self.mask_ratio, self.w, self.mask_batches = alpha, mask_ratio, mask_guidance, mask_batches

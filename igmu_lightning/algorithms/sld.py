@@ -29,6 +29,7 @@ import torch
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import Backbone, BackboneSpec
+from igmu_lightning.backbone.guidance import SamplingGuidance
 from igmu_lightning.errors import IGMUError
 
 # The paper's default safety concept (its 20 inappropriate-content terms).
@@ -46,7 +47,7 @@ PRESETS = {
 
 
 @dataclass
-class SafetyGuidance:
+class SafetyGuidance(SamplingGuidance):
     """The SLD rule as a sampler hook: ``noise(sampler, latents, t, step, cond, uncond)``."""
 
     safety_concept: str = SAFETY_CONCEPT

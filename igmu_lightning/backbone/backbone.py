@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,13 +16,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from igmu_lightning.backbone.guidance import GUIDANCE_FILE, SamplingGuidance
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.hashing import module_hash
 from igmu_lightning.utils.io import follow_umask, make_temp_dir
 
 COMPONENTS = ("unet", "text_encoder", "vae")
 
 
-GUIDANCE_FILE = "igmu_guidance.json"
 
 
 _WARNED_LONG: set[str] = set()  # prompts already checked for length in this process
@@ -43,6 +45,19 @@ def warn_if_truncated(tokenizer, prompt: str) -> None:
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt was longer than the text encoder's context and was cut."""
+
+
+PREDICTION_TYPES = ("epsilon",)  # what the sampler and every training loss assume the UNet predicts
+
+
+def check_prediction_type(prediction_type: str, given: str) -> None:
+    """Refuse a UNet that predicts something other than the noise: its outputs would be read as eps."""
+    if prediction_type == "v_prediction":
+        raise IGMUError(f"model '{given}' predicts v (scheduler prediction_type v_prediction): SD 2.x v-prediction "
+                        "models are not supported yet: use an epsilon-prediction model such as SD v1.x")  # fmt: skip
+    if prediction_type not in PREDICTION_TYPES:
+        raise IGMUError(f"model '{given}' has scheduler prediction_type '{prediction_type}': only "
+                        f"{', '.join(PREDICTION_TYPES)} is supported: use an epsilon-prediction model")  # fmt: skip
 
 
 class Backbone(nn.Module):
@@ -68,8 +83,16 @@ class Backbone(nn.Module):
         self.scheduler = scheduler
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         self.source = source
+        # What the UNet predicts (epsilon only for now): samplers and losses may check it.
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        check_prediction_type(self.prediction_type, source)
         # Sampling-time guidance (e.g. SLD's SafetyGuidance): every sampler of this backbone uses it.
-        self.guidance = None
+        self.guidance: SamplingGuidance | None = None
+        # Adapters attached by an algorithm (backbone.adapters.AdapterSpec), the state-dict names of
+        # the tensors they added, and the hashes of the base before the first one (deltas check those).
+        self.adapters: list = []
+        self.adapter_tensor_names: list[str] = []
+        self._hashes_before_adapters: dict[str, str] | None = None
         self.requires_grad_(False)
         self.vae.eval()
 
@@ -87,6 +110,24 @@ class Backbone(nn.Module):
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Per-token text embeddings (B, 77, D): the UNet's cross-attention context."""
         return self.text_encoder(self.tokenize(prompts))[0]
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The text encoder's token embeddings of ``ids`` (B, L, D), before position embeddings: the
+        space token-level attacks optimise in."""
+        return self.text_encoder.get_input_embeddings()(ids.to(self.device))
+
+    def encode_embeddings(self, token_embeds: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``encode_prompts`` from token embeddings (B, L, D) instead of ids, with gradients kept: the
+        encoder's own forward runs (position embeddings, causal layers, final norm) with its token
+        lookup's output replaced. ``ids`` only feed the pooled output, which is not returned."""
+        table = self.text_encoder.get_input_embeddings()
+        if ids is None:
+            ids = torch.zeros(token_embeds.shape[:2], dtype=torch.long, device=token_embeds.device)
+        handle = table.register_forward_hook(lambda module, args, out: token_embeds.to(out.dtype))
+        try:
+            return self.text_encoder(ids.to(token_embeds.device))[0]
+        finally:
+            handle.remove()
 
     # --- images -----------------------------------------------------------------------------
     @property
@@ -120,6 +161,47 @@ class Backbone(nn.Module):
         """SHA-256 of each component's weights (names, dtypes, shapes and bytes)."""
         return {name: module_hash(getattr(self, name)) for name in COMPONENTS}
 
+    def base_hashes(self) -> dict[str, str]:
+        """``hashes()`` of the base model: taken before the first adapter was attached, if any."""
+        return dict(self._hashes_before_adapters) if self._hashes_before_adapters is not None else self.hashes()
+
+    # --- adapters ---------------------------------------------------------------------------
+    def attach(self, adapter) -> list[str]:
+        """Attach an ``AdapterSpec`` in place and return the names of the tensors it added. They
+        start frozen like every weight (an algorithm unfreezes what it trains), and no existing
+        tensor's trainability changes (peft's switches set requires_grad)."""
+        if self._hashes_before_adapters is None:
+            self._hashes_before_adapters = self.hashes()
+        flags = {id(p): p.requires_grad for p in self.parameters()}
+        before = {id(t) for t in self.state_dict(keep_vars=True).values()}
+        adapter.attach(self)
+        new = [name for name, t in self.state_dict(keep_vars=True).items() if id(t) not in before]
+        if not new:
+            raise IGMUError(f"adapter {adapter.describe()} added no tensor: make its targets match modules of the {adapter.component}")
+        for p in self.parameters():
+            p.requires_grad_(flags.get(id(p), False))
+        self.adapters.append(adapter)
+        self.adapter_tensor_names.extend(new)
+        return new
+
+    @contextmanager
+    def adapters_disabled(self):
+        """Run the model as its base inside this block: every adapter switched off (the teacher of
+        an adapter method). Parameters keep their requires_grad. A no-op without adapters."""
+        if not self.adapters:
+            yield
+            return
+        flags = [(p, p.requires_grad) for p in self.parameters()]
+        for adapter in self.adapters:
+            adapter.set_enabled(self, False)
+        try:
+            yield
+        finally:
+            for adapter in reversed(self.adapters):
+                adapter.set_enabled(self, True)
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
     def pipeline(self, scheduler: SchedulerMixin | None = None) -> StableDiffusionPipeline:
         """A diffusers ``StableDiffusionPipeline`` sharing these weights (no safety checker)."""
         return StableDiffusionPipeline(
@@ -136,6 +218,8 @@ class Backbone(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads. It is
         written beside the target and moved into place, so a crash never leaves half a model."""
+        if self.adapters:  # diffusers would write the adapter tensors into a folder nothing loads plainly
+            raise IGMUError("this backbone carries adapters: save modules.adapters.merged_backbone(backbone) instead, or its delta")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_dir(target)  # with the umask's permissions, not mkdtemp's 0700

@@ -44,6 +44,7 @@ class FromCheckpoint(BackboneSpec):
         backbone = (self.base or BackboneSpec.from_config(spec)).build()
         state = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
         # All three components are checked: the run's hashes cover the whole base it started from.
-        apply_tensors(backbone, state, record["base_hashes"], str(path), check=COMPONENTS)
+        # An adapter method's record names its adapters, attached after the check.
+        apply_tensors(backbone, state, record["base_hashes"], str(path), check=COMPONENTS, adapters=record.get("adapters", ()))
         backbone.source = str(path)
         return backbone

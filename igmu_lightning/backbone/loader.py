@@ -13,10 +13,11 @@ from typing import Literal
 from urllib.parse import urlparse
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from igmu_lightning.backbone.backbone import GUIDANCE_FILE, Backbone
+from igmu_lightning.backbone.backbone import Backbone, check_prediction_type
+from igmu_lightning.backbone.guidance import read_guidance
 from igmu_lightning.errors import IGMUError
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -155,11 +156,37 @@ def resolve_model_source(
 
 
 SD_PARTS = {"unet": "UNet2DConditionModel", "text_encoder": "CLIPTextModel", "vae": "AutoencoderKL"}
+SD1 = "give an SD v1.x-shaped diffusers folder (unet, text_encoder, tokenizer, vae, scheduler)"
+
+
+def check_supported(given: str, index: dict, scheduler: dict, unet: dict | None) -> None:
+    """Refuse, from the configs alone (before any weights load), the diffusers models this backbone
+    would misread: SDXL (a second text encoder, an add-embedding UNet), flow-matching transformers
+    (SD3, FLUX) and v-prediction (SD 2.x at 768 px), which would be trained as epsilon-prediction."""
+    if "text_encoder_2" in index or (unet or {}).get("addition_embed_type"):
+        raise IGMUError(f"model '{given}' is SDXL-shaped (text_encoder_2, an add-embedding UNet): SDXL models "
+                        f"are not supported yet: {SD1}")  # fmt: skip
+    if "transformer" in index or str(scheduler.get("_class_name", "")).startswith("FlowMatch"):
+        raise IGMUError(f"model '{given}' is a flow-matching transformer (transformer/, a FlowMatch scheduler): "
+                        f"SD3 / FLUX-style models are not supported yet: {SD1}")  # fmt: skip
+    check_prediction_type(scheduler.get("prediction_type", "epsilon"), given)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise IGMUError(f"'{path}' cannot be read ({type(err).__name__}): copy or export the model folder again") from None
+    return config if isinstance(config, dict) else {}
 
 
 def check_model_folder(folder: Path, given: str) -> None:
     """A local diffusers folder holds an SD-shaped pipeline: a conditional UNet, a CLIP text encoder,
     a tokenizer, a VAE and a scheduler, each with a readable config and weights."""
+    index = _read_config(folder / "model_index.json")
+    index.update({part: None for part in ("text_encoder_2", "transformer") if (folder / part).is_dir()})
+    unet = _read_config(folder / "unet" / "config.json")
+    check_supported(given, index, _read_config(folder / "scheduler" / "scheduler_config.json"), unet)
     for part in ("unet", "text_encoder", "tokenizer", "vae", "scheduler"):
         if not (folder / part).is_dir():
             kind = _pipeline_class(folder)
@@ -200,6 +227,10 @@ def load_backbone(
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry chatter is noise once we explain the failure
     try:
+        if not Path(source).is_dir():  # a hub model: its configs first, its weights only if supported
+            scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", **common)
+            unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **common)
+            check_supported(path, DiffusionPipeline.load_config(source, **common), scheduler_config, unet_config)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=weights, **common)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=weights, **common)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
@@ -216,11 +247,5 @@ def load_backbone(
     finally:
         hub_log.setLevel(level)
     backbone = Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)
-    guidance = Path(source) / GUIDANCE_FILE
-    if guidance.is_file():  # sampling-time guidance saved with the model (SLD)
-        try:
-            config = json.loads(guidance.read_text())
-            backbone.guidance = project_class(config["class_path"], "guidance")(**config.get("init_args", {}))
-        except (ValueError, KeyError, TypeError) as err:
-            raise IGMUError(f"'{guidance}' is not a valid guidance file ({err}): delete it or export the model again") from None
+    backbone.guidance = read_guidance(Path(source)) if Path(source).is_dir() else None  # saved with the model (SLD)
     return backbone

@@ -1,6 +1,6 @@
-"""Content detectors: Lightning image classifiers with timm or CLIP backbones, and NudeNet."""
+"""Content detectors: Lightning image classifiers on timm or CLIP image encoders, and NudeNet."""
 
-from igmu_lightning.detectors.backbones import ClipVisionFeatures, FeatureExtractor, TimmFeatures
 from igmu_lightning.detectors.classifier import ImageClassifier, load_detector, save_detector
+from igmu_lightning.detectors.encoders import ClipVisionFeatures, FeatureExtractor, TimmFeatures
 
 __all__ = ["ClipVisionFeatures", "FeatureExtractor", "ImageClassifier", "TimmFeatures", "load_detector", "save_detector"]

@@ -11,14 +11,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors.torch import load_file, save
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from igmu_lightning.detectors.backbones import FeatureExtractor, TimmFeatures, build_features
+from igmu_lightning.detectors.encoders import FeatureExtractor, TimmFeatures, build_features
 from igmu_lightning.detectors.heads import build_head
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.io import atomic_write_bytes, atomic_write_json
+from igmu_lightning.utils.optim import lightning_optimization, optimizer_factory
 
 WEIGHTS, CONFIG = "model.safetensors", "detector.json"
 
@@ -28,33 +30,40 @@ class ImageClassifier(LightningModule):
 
     Args:
         class_names: the labels, in index order (must match the data's).
-        backbone: feature extractor (default: timm's ``test_resnet`` at 64 px).
+        encoder: image feature extractor (default: timm's ``test_resnet`` at 64 px).
         head: ``linear``, or ``gated`` (IGMU's head, for frozen CLIP features).
-        freeze_backbone: train the head only.
-        lr, weight_decay: AdamW settings.
+        freeze_encoder: train the head only.
+        lr, weight_decay: AdamW settings (None: 1e-3, 1e-4).
         export_dir: where the detector is saved at the end of fit.
+        optimizer, lr_scheduler: replace AdamW / the constant lr (``utils.optim``: then leave lr and
+            weight_decay unset).
     """
 
     def __init__(
         self,
         class_names: list[str],
-        backbone: FeatureExtractor | None = None,
+        encoder: FeatureExtractor | None = None,
         head: Literal["linear", "gated"] = "linear",
-        freeze_backbone: bool = False,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        freeze_encoder: bool = False,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        official, settings = {"lr": 1e-3, "weight_decay": 1e-4}, {"lr": lr, "weight_decay": weight_decay}
+        self.optimizer_factory = optimizer_factory(torch.optim.AdamW, official, optimizer, settings, "ImageClassifier")
+        self.lr_scheduler_factory = lr_scheduler
         if len(class_names) < 2:
             raise IGMUError(f"a detector needs at least 2 classes, got {class_names}")
         self.class_names = list(class_names)
-        self.features = backbone if backbone is not None else TimmFeatures()
+        self.features = encoder if encoder is not None else TimmFeatures()
         self.head_kind = head
         self.head = build_head(head, self.features.num_features, len(class_names))
-        if freeze_backbone:
+        if freeze_encoder:
             self.features.requires_grad_(False)
-        self.lr, self.weight_decay, self.export_dir = lr, weight_decay, export_dir
+        self.export_dir = export_dir
         n = len(class_names)
         metrics = MetricCollection(
             {
@@ -104,8 +113,8 @@ class ImageClassifier(LightningModule):
         self._evaluate(batch, self.test_metrics, "test")
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        return lightning_optimization(optimizer, self.lr_scheduler_factory(optimizer) if self.lr_scheduler_factory else None)
 
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:

@@ -7,7 +7,7 @@ from torch import nn
 
 
 class GatedHead(nn.Module):
-    """IGMU's detector head (DESIGN.md section 3): a sigmoid gate (d -> d/2 -> d) multiplied into
+    """IGMU's detector head: a sigmoid gate (d -> d/2 -> d) multiplied into
     the features, LayerNorm, then a d -> 256 -> 128 -> out MLP with dropout 0.3."""
 
     def __init__(self, in_features: int, out_features: int, dropout: float = 0.3) -> None:

@@ -1,5 +1,5 @@
 """The one table that decides, per CatIGMU category, which prompt sets are generated and which
-metrics apply (DESIGN.md section 1). Everything else reads it; no category `if` chains elsewhere."""
+metrics apply (README.md, "Results JSON"). Everything else reads it; no category `if` chains elsewhere."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.modules.base import BackboneModule
@@ -16,22 +17,27 @@ class AutoencoderTraining(BackboneModule):
 
     Args:
         backbone: the model whose VAE is trained (only the VAE is unfrozen).
-        lr: Adam learning rate.
+        lr: Adam learning rate (None: 1e-3).
         kl_weight: weight of the KL term (SD's VAE used 1e-6).
         scale_batches: batches used at the end of fit to measure the latent scaling factor.
+        optimizer, lr_scheduler: replace Adam / the constant lr (``utils.optim``: then leave lr unset).
     """
+
+    OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.Adam, {"lr": 1e-3}
 
     def __init__(
         self,
         backbone: BackboneSpec,
-        lr: float = 1e-3,
+        lr: float | None = None,
         kl_weight: float = 1e-6,
         scale_batches: int = 8,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(backbone, ["^vae\\."], export_dir)
+        super().__init__(backbone, ["^vae\\."], export_dir, optimizer, lr_scheduler, {"lr": lr})
         self.save_hyperparameters()
-        self.lr, self.kl_weight, self.scale_batches = lr, kl_weight, scale_batches
+        self.kl_weight, self.scale_batches = kl_weight, scale_batches
 
     def losses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vae = self.backbone.vae
@@ -48,9 +54,6 @@ class AutoencoderTraining(BackboneModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         mse, _ = self.losses(batch["image"])
         self.log("val/mse", mse, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.trainable_parameters(), lr=self.lr)
 
     @torch.no_grad()
     def measure_scaling_factor(self) -> float:

@@ -14,8 +14,10 @@ from igmu_lightning.artifacts import RUN_RECORD
 from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.backbone.delta import DELTA_FILE, save_delta
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.modules.adapters import export_adapter_model
 from igmu_lightning.modules.params import select_parameters
 from igmu_lightning.utils.io import atomic_write_json
+from igmu_lightning.utils.optim import callable_config, lightning_optimization, optimizer_factory
 
 
 class BackboneModule(LightningModule):
@@ -28,13 +30,26 @@ class BackboneModule(LightningModule):
         backbone: which diffusion model to load or build.
         trainable: preset names or regexes of the parameters to train (see ``modules.params``).
         export_dir: when set, the model is saved there as a diffusers folder at the end of fit.
+        optimizer: replaces ``OPTIMIZER`` (then ``optimizer_settings`` must all be None: see
+            ``utils.optim`` for the rule).
+        lr_scheduler: a schedule stepped every optimizer step (default: ``default_lr_scheduler``).
+        optimizer_settings: the subclass's shortcut keys (``lr``, ``weight_decay``; None: official).
     """
 
-    def __init__(self, backbone: BackboneSpec, trainable: list[str] | None = None, export_dir: str | None = None):
+    # The official optimizer (docs/parity.md) and its official settings, used without ``optimizer``.
+    OPTIMIZER: type[torch.optim.Optimizer] = torch.optim.AdamW
+    OPTIMIZER_DEFAULTS: dict = {}
+
+    def __init__(self, backbone: BackboneSpec, trainable: list[str] | None = None, export_dir: str | None = None,
+                 optimizer=None, lr_scheduler=None, optimizer_settings: dict | None = None):  # fmt: skip
         super().__init__()
+        self.optimizer_factory = optimizer_factory(self.OPTIMIZER, self.OPTIMIZER_DEFAULTS, optimizer,
+                                                   optimizer_settings or {}, type(self).__name__)  # fmt: skip
+        self.lr_scheduler_factory = lr_scheduler
         backbone = BackboneSpec.from_config(backbone)  # a dict when rebuilt by load_from_checkpoint
         self.backbone_spec = backbone
         self.backbone: Backbone = backbone.build()
+        self.attach_adapters(self.backbone)  # before the selection: presets may name adapter tensors
         self.export_dir = export_dir
         self.strict_loading = False  # checkpoints hold the trainable tensors only
         self.trainable_names: list[str] = []
@@ -47,10 +62,16 @@ class BackboneModule(LightningModule):
         self._wall_before = 0.0  # seconds the earlier parts of a resumed run trained
         self._pending_resume: dict | None = None
 
+    def attach_adapters(self, backbone: Backbone) -> None:
+        """Where an adapter method attaches its adapters, with ``backbone.attach(spec)`` (see
+        ``modules.adapters``): called once the backbone is built, before ``trainable`` is selected,
+        also when a checkpoint is loaded again. Default: none."""
+
     def base_hashes(self) -> dict[str, str]:
-        """Hashes of the backbone as loaded, before any training (cached: hashing SD takes seconds)."""
+        """Hashes of the backbone as loaded, before any training or adapter (cached: hashing SD
+        takes seconds)."""
         if self._base_hashes is None:
-            self._base_hashes = self.backbone.hashes()
+            self._base_hashes = self.backbone.base_hashes()
         return self._base_hashes
 
     def setup(self, stage: str) -> None:
@@ -69,6 +90,19 @@ class BackboneModule(LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def configure_optimizers(self):
+        return self.optimization(self.trainable_parameters())
+
+    def optimization(self, params):
+        """The configured (or official) optimizer over ``params`` (tensors or groups) and its schedule."""
+        optimizer = self.optimizer_factory(params)
+        factory = self.lr_scheduler_factory
+        return lightning_optimization(optimizer, factory(optimizer) if factory else self.default_lr_scheduler(optimizer))
+
+    def default_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        """The schedule without an ``lr_scheduler`` config: None (a constant lr) unless a subclass's keys make one."""
+        return None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = set(self.trainable_names)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -76,6 +110,8 @@ class BackboneModule(LightningModule):
         for key, value in hparams.items():  # plain data only: loadable with weights_only=True
             if isinstance(value, BackboneSpec):
                 hparams[key] = value.to_config()
+            elif key in ("optimizer", "lr_scheduler") and callable(value):
+                hparams[key] = callable_config(value)
         run = {"wall_time_s": self.wall_time(), "logger_version": self._logger_version()}
         cls = type(self)
         checkpoint["igmu"] = {
@@ -83,6 +119,8 @@ class BackboneModule(LightningModule):
             "base": self.backbone_spec.describe(), "base_hashes": self.base_hashes(), "run": run,
             "resume": self.resume_state(),
         }  # fmt: skip
+        if self.backbone.adapters:  # FromCheckpoint attaches them again before loading the tensors
+            checkpoint["igmu"]["adapters"] = [a.to_config() for a in self.backbone.adapters]
 
     def _logger_version(self) -> str | None:
         """The run id (W&B) a resumed run continues; None without a logger."""
@@ -149,15 +187,30 @@ class BackboneModule(LightningModule):
         }
 
     def delta_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors this run may have changed, by backbone name (``unet.…``): the delta."""
+        """The tensors this run may have changed, by backbone name (``unet.…``): the delta. Every
+        adapter tensor is in it, trained or not: a delta rebuilds the adapters from it alone."""
         params = dict(self.backbone.named_parameters())
-        return {name: params[name] for name in (n.removeprefix("backbone.") for n in self.trainable_names)}
+        tensors = {name: params[name] for name in (n.removeprefix("backbone.") for n in self.trainable_names)}
+        if self.backbone.adapters:
+            state = self.backbone.state_dict(keep_vars=True)
+            tensors.update({name: state[name] for name in self.backbone.adapter_tensor_names if name not in tensors})
+        return tensors
 
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
-            path = self.backbone.save_pretrained(Path(self.export_dir))
-            delta = self.delta_tensors()
-            if delta:  # the same model as a few-MB file that applies onto its base (WithDelta)
-                save_delta(path / DELTA_FILE, delta, self.base_hashes(), self.backbone_spec)
-            atomic_write_json(path / RUN_RECORD, self.efficiency_record())
-            print(f"exported the trained model to {path}" + (f" (delta: {len(delta)} tensors in {DELTA_FILE})" if delta else ""))
+            self.export_model(Path(self.export_dir))
+
+    def export_model(self, path: Path) -> Path:
+        """Write the model to ``path``: a diffusers folder (adapters merged into the weights), the
+        delta, a diffusers LoRA folder per LoRA adapter, and the run record."""
+        adapters = self.backbone.adapters
+        if adapters:
+            path = export_adapter_model(self.backbone, path)
+        else:
+            path = self.backbone.save_pretrained(path)
+        delta = self.delta_tensors()
+        if delta:  # the same model as a few-MB file that applies onto its base (WithDelta)
+            save_delta(path / DELTA_FILE, delta, self.base_hashes(), self.backbone_spec, adapters)
+        atomic_write_json(path / RUN_RECORD, self.efficiency_record())
+        print(f"exported the trained model to {path}" + (f" (delta: {len(delta)} tensors in {DELTA_FILE})" if delta else ""))
+        return path

@@ -25,7 +25,11 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "text_encoder": (r"^text_encoder\.", None),
     "embedding": (r"^text_encoder\..*token_embedding\.", None),  # CA's "embedding" group: the token embeddings
     "text_encoder_layers": (r"^text_encoder\.(text_model\.)?(encoder|final_layer_norm)\.", None),
+    "lora": (r"\.lora_(A|B)\.", None),  # every LoRA matrix of the attached LoRA adapters (modules.adapters)
 }
+
+# Every tensor the attached adapters added, of any kind (LoRA, plain modules): Backbone.adapter_tensor_names.
+ADAPTERS = "adapters"
 
 
 # Presets that keep only parameters of these layer types (their weight and bias).
@@ -43,6 +47,13 @@ def select_parameters(model: nn.Module, selection: list[str]) -> dict[str, nn.Pa
     named = dict(model.named_parameters())
     chosen: dict[str, nn.Parameter] = {}
     for item in selection:
+        if item == ADAPTERS:
+            names = set(getattr(model, "adapter_tensor_names", ()))
+            hits = [n for n in named if n in names]
+            if not hits:
+                raise IGMUError("trainable preset 'adapters' matches no parameter: attach adapters in attach_adapters first")
+            chosen.update({n: named[n] for n in hits})
+            continue
         include, exclude = PRESETS.get(item, (item, None))
         try:
             inc, exc = re.compile(include), re.compile(exclude) if exclude else None
@@ -54,7 +65,7 @@ def select_parameters(model: nn.Module, selection: list[str]) -> dict[str, nn.Pa
             hits = [n for n in hits if n in layers]
         if not hits:
             raise IGMUError(
-                f"trainable pattern '{item}' matches no parameter: use a preset ({', '.join(PRESETS)}) "
+                f"trainable pattern '{item}' matches no parameter: use a preset ({', '.join([*PRESETS, ADAPTERS])}) "
                 "or a regex over names like 'unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight'"
             )
         chosen.update({n: named[n] for n in hits})

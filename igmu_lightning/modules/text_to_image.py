@@ -7,9 +7,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.modules.base import BackboneModule
+from igmu_lightning.utils.optim import SCHEDULES, warmup_schedule
 
 
 class TextToImage(BackboneModule):
@@ -18,27 +21,39 @@ class TextToImage(BackboneModule):
     Args:
         backbone: the model to train.
         trainable: what to train; ``["unet", "text_encoder"]`` to pretrain both from scratch.
-        lr: AdamW learning rate (peak, after warmup).
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warmup steps.
-        lr_schedule: ``constant`` after warmup, or ``cosine`` decay to zero at ``max_steps``.
+        lr: AdamW learning rate (peak, after warmup; None: 1e-5).
+        weight_decay: AdamW weight decay (None: 1e-2).
+        warmup_steps: linear warmup steps, from lr 0 at the first step (diffusers' ``get_scheduler``).
+        lr_schedule: after warmup, diffusers' ``constant`` (held), ``cosine`` (to zero at ``max_steps``),
+            ``linear``, ``cosine_with_restarts`` or ``polynomial``.
         caption_dropout: share of captions replaced by "" so that classifier-free guidance works.
+        optimizer: replaces AdamW; lr and weight_decay are then set in its init_args (``utils.optim``).
+        lr_scheduler: replaces the warmup_steps / lr_schedule pair (leave those at 0 / constant).
     """
+
+    OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.AdamW, {"lr": 1e-5, "weight_decay": 1e-2}
 
     def __init__(
         self,
         backbone: BackboneSpec,
         trainable: list[str] | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 1e-2,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         warmup_steps: int = 0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        lr_schedule: Literal["constant", "linear", "cosine", "cosine_with_restarts", "polynomial"] = "constant",
         caption_dropout: float = 0.1,
         export_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(backbone, trainable if trainable is not None else ["unet"], export_dir)
+        if lr_schedule not in SCHEDULES:
+            raise IGMUError(f"unknown lr_schedule '{lr_schedule}': choose one of {', '.join(SCHEDULES)}")
+        if lr_scheduler is not None and (warmup_steps or lr_schedule != "constant"):
+            raise IGMUError("TextToImage sets both lr_scheduler and warmup_steps / lr_schedule: "
+                            "keep one (warmup_steps 0 and lr_schedule constant with an lr_scheduler)")  # fmt: skip
+        super().__init__(backbone, trainable if trainable is not None else ["unet"], export_dir,
+                         optimizer, lr_scheduler, {"lr": lr, "weight_decay": weight_decay})  # fmt: skip
         self.save_hyperparameters()
-        self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.lr_schedule = warmup_steps, lr_schedule
         self.caption_dropout = caption_dropout
 
@@ -64,17 +79,6 @@ class TextToImage(BackboneModule):
         loss = self.diffusion_loss(batch["image"], batch["prompt"])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["prompt"]))
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
-
-        def factor(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            if self.lr_schedule == "cosine" and total:
-                progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
-                return 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
-            return 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def default_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else None
+        return warmup_schedule(optimizer, self.lr_schedule, self.warmup_steps, total)

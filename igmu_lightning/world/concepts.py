@@ -1,7 +1,7 @@
 """The embedded world's vocabulary: four concept families, the erasure targets (one per CatIGMU
 category that applies), their near concepts and synonyms, and the caption templates.
 
-The world is a miniature of the real setting (DESIGN.md section 4): an object (erase "triangle",
+The world is a miniature of the real setting (docs/world.md): an object (erase "triangle",
 keep the other shapes), a style (erase the "striped" background, keep shape and colour), and an
 attribute of a subject (erase "hollow", keep the shape: the nudity analogue)."""
 

@@ -65,3 +65,69 @@ def test_cli_missing_model_path_exits_non_zero_with_one_line(captioned_folder, t
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model path") and str(tmp_path / "nope") in last
     assert "Traceback" not in result.stderr
+
+
+def edit_json(path, **changes):
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def sdxl_folder(folder):
+    """A second text encoder, as SDXL ships it."""
+    import shutil
+
+    shutil.copytree(folder / "text_encoder", folder / "text_encoder_2")
+    edit_json(folder / "model_index.json", text_encoder_2=["transformers", "CLIPTextModelWithProjection"])
+
+
+def flow_folder(folder):
+    """transformer/ instead of unet/ and a FlowMatch scheduler, as SD3 and FLUX ship them."""
+    (folder / "unet").rename(folder / "transformer")
+    edit_json(folder / "scheduler" / "scheduler_config.json", _class_name="FlowMatchEulerDiscreteScheduler")
+
+
+UNSUPPORTED = {
+    "v_prediction": (lambda f: edit_json(f / "scheduler" / "scheduler_config.json", prediction_type="v_prediction"),
+                     "SD 2.x v-prediction models are not supported yet"),
+    "sdxl_text_encoder_2": (sdxl_folder, "SDXL models are not supported yet"),
+    "sdxl_add_embedding_unet": (lambda f: edit_json(f / "unet" / "config.json", addition_embed_type="text_time"),
+                                "SDXL models are not supported yet"),
+    "flow_matching": (flow_folder, "SD3 / FLUX-style models are not supported yet"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(UNSUPPORTED))
+def test_unsupported_model_kinds_are_refused_before_any_weights_load(kind, tiny_folder, tmp_path, monkeypatch):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = tmp_path / kind
+    shutil.copytree(tiny_folder, folder)
+    make, message = UNSUPPORTED[kind]
+    make(folder)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the model kind was checked")
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", no_weights)
+    monkeypatch.setattr(CLIPTextModel, "from_pretrained", no_weights)
+    for attempt in (lambda: load_backbone(str(folder)), Pretrained(str(folder)).check):
+        with pytest.raises(IGMUError) as err:
+            attempt()
+        assert message in str(err.value) and str(folder) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_backbone_knows_its_prediction_type_and_refuses_v_prediction(tiny_spec):
+    from igmu_lightning.backbone import Backbone
+
+    backbone = tiny_spec.build()
+    assert backbone.prediction_type == "epsilon"
+    v_scheduler = type(backbone.scheduler).from_config(backbone.scheduler.config, prediction_type="v_prediction")
+    with pytest.raises(IGMUError, match="SD 2.x v-prediction models are not supported yet"):
+        Backbone(backbone.unet, backbone.text_encoder, backbone.tokenizer, backbone.vae, v_scheduler, source="tiny")
+    sample = type(backbone.scheduler).from_config(backbone.scheduler.config, prediction_type="sample")
+    with pytest.raises(IGMUError, match="prediction_type 'sample': only epsilon is supported"):
+        Backbone(backbone.unet, backbone.text_encoder, backbone.tokenizer, backbone.vae, sample, source="tiny")

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import CSVLogger
 from igmu_lightning.backbone import TinySD
 from igmu_lightning.callbacks import WorldEvalCallback
 from igmu_lightning.evaluation.world_eval import WorldEvaluation
-from igmu_lightning.logging import WandbLogger
+from igmu_lightning.loggers import WandbLogger
 from igmu_lightning.modules import TextToImage
 from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.world import WorldData

@@ -104,7 +104,7 @@ def test_clip_vision_backbone_with_igmu_gated_head(tmp_path):
     config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2, projection_dim=512)  # fmt: skip
     CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "clip")
-    model = ImageClassifier(["safe", "nude"], ClipVisionFeatures(str(tmp_path / "clip")), head="gated", freeze_backbone=True)
+    model = ImageClassifier(["safe", "nude"], ClipVisionFeatures(str(tmp_path / "clip")), head="gated", freeze_encoder=True)
     assert isinstance(model.head, GatedHead) and model.features.num_features == 512
     assert not any(p.requires_grad for p in model.features.parameters())
     images, labels = torch.rand(4, 3, 48, 48), torch.tensor([0, 1, 0, 1])

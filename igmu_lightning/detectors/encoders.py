@@ -1,5 +1,5 @@
-"""Feature extractors for content detectors: any timm model, or CLIP's vision tower (frozen) for
-SD-scale use, each mapping images in [0, 1] to one feature vector per image."""
+"""Image encoders for content detectors (not the diffusion ``Backbone``): any timm model, or CLIP's
+vision tower (frozen) for SD-scale use, each mapping images in [0, 1] to one feature vector per image."""
 
 from __future__ import annotations
 
@@ -98,4 +98,4 @@ def build_features(config: dict) -> FeatureExtractor:
         return TimmFeatures(config["name"], config.get("input_size"))
     if kind == "clip":
         return ClipVisionFeatures(config["path"])
-    raise IGMUError(f"unknown detector backbone kind '{kind}' (expected timm or clip)")
+    raise IGMUError(f"unknown detector encoder kind '{kind}' (expected timm or clip)")

@@ -1,0 +1,49 @@
+"""Sampling-time guidance: a rule that replaces classifier-free guidance in every sampler of a
+backbone (SLD's safety guidance; SPM's gate and SAFREE next). It travels with an exported model as
+``igmu_guidance.json`` (its ``to_config``), which the loader turns back into the same rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from igmu_lightning.errors import IGMUError
+
+GUIDANCE_FILE = "igmu_guidance.json"
+
+
+class SamplingGuidance:
+    """The protocol ``Sampler.guided_noise`` calls at each denoising step instead of plain CFG.
+
+    ``noise(sampler, latents, t, step, cond, uncond)`` returns the guided noise prediction for the
+    scaled ``latents`` at timestep ``t`` (``step`` counts from 0 for each new trajectory), calling
+    ``sampler.unet`` as often as the rule needs; ``to_config`` is plain data (class path, init args)."""
+
+    def noise(self, sampler, latents: torch.Tensor, t: torch.Tensor, step: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_config(self) -> dict:
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(self))}
+
+    @staticmethod
+    def from_config(config: dict) -> SamplingGuidance:
+        """The inverse of ``to_config``; only this project's ``SamplingGuidance`` classes."""
+        if not isinstance(config, dict) or "class_path" not in config:
+            raise IGMUError(f"a guidance must be a class_path/init_args mapping, got {config!r}")
+        from igmu_lightning.backbone.loader import project_class  # the loader reads guidance files
+
+        return project_class(config["class_path"], "guidance", SamplingGuidance)(**config.get("init_args", {}))
+
+
+def read_guidance(folder: Path) -> SamplingGuidance | None:
+    """The guidance saved in a model folder, or None when it has none."""
+    path = Path(folder) / GUIDANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return SamplingGuidance.from_config(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise IGMUError(f"'{path}' is not a valid guidance file ({err}): delete it or export the model again") from None
