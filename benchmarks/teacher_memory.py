@@ -58,7 +58,7 @@ def storage_bytes(tensors) -> int:
 
 def measure(cls, spec, steps: int) -> dict:
     torch.manual_seed(0)
-    module = cls(spec, concept="a photo of a church", variant="x", ddim_steps=2, lr=1e-5)
+    module = cls(spec, variant="x", ddim_steps=2, lr=1e-5)
     module.log = lambda *args, **kwargs: None  # no trainer here: the step itself is measured
     optimizer = module.configure_optimizers()
     resident = storage_bytes([*module.parameters(), *module.buffers(), *module.originals.values()])

@@ -40,7 +40,7 @@ class StepTimer(Callback):
 
 def build(spec, batch: int, steps: int) -> tuple[SeededESD, PromptData]:
     torch.manual_seed(0)
-    module = SeededESD(spec, concept="triangle", variant="x", lr=1e-3)
+    module = SeededESD(spec, variant="x", lr=1e-3)
     return module, PromptData(["triangle"], batch_size=batch, steps_per_epoch=steps)
 
 

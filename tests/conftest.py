@@ -168,18 +168,18 @@ def build_algorithm(name: str, spec, tmp_path):
     """(module, data, the parameter names it may change) for one algorithm on the tiny backbone."""
     from dataclasses import replace
 
-    from igmu_lightning.algorithms import ESD, FMN, ConceptAblation, SalUn
+    from igmu_lightning.algorithms import ESD, FMN, AnchorData, ConceptAblation, SalUn
     from igmu_lightning.data import PromptData, WorldForgetRetain
 
     if name == "esd":
-        module = ESD(spec, concept="a cat", lr=1e-2, ddim_steps=2)
+        module = ESD(spec, lr=1e-2, ddim_steps=2)
         return module, PromptData(["a cat"], batch_size=2, steps_per_epoch=4), "xattn"
     if name == "ca":
-        module = ConceptAblation(spec, target="triangle", anchor="square", anchor_prompts=["a red square"],
-                                 images_per_prompt=2, generation_batch_size=2, anchor_dir=str(tmp_path / "anchors"),
-                                 prior_weight=1.0, lr=1e-2)  # fmt: skip
-        module.sampling = replace(module.sampling, steps=2)  # quick anchors
-        return module, PromptData(["ignored"], batch_size=2, steps_per_epoch=4), "xattn_kv"
+        module = ConceptAblation(spec, target="triangle", anchor="square", prior_weight=1.0, lr=1e-2)
+        data = AnchorData(["a red square"], images_per_prompt=2, generation_batch_size=2,
+                          anchor_dir=str(tmp_path / "anchors"), batch_size=2, steps_per_epoch=4)  # fmt: skip
+        data.sampling = replace(data.sampling, steps=2)  # quick anchors
+        return module, data, "xattn_kv"
     if name == "fmn":
         return FMN(spec, concept="triangle", trainable="xattn", lr=1e-2), WorldForgetRetain("object", **WORLD_DATA), "xattn"
     module = SalUn(spec, pseudo_words={"triangle": "square"}, lr=1e-2, mask_batches=1)
@@ -207,3 +207,20 @@ def run_scripts(jobs: dict[str, list[str]], workers: int = 2, **kw) -> dict[str,
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` with its bytes: compare before and after to see nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def resolved_config(path: Path | str, *args: str) -> dict:
+    """A train.py config as the CLI resolves it (included fragments inlined, defaults filled in), as
+    plain data; parsed only: nothing is built, so SD configs resolve without SD weights."""
+    from igmu_lightning.cli import IGMUCLI
+
+    class ParseOnly(IGMUCLI):
+        def before_instantiate_classes(self) -> None:
+            ParseOnly.config_seen = self.config.as_dict()
+            raise StopIteration
+
+    try:
+        ParseOnly(args=["--config", str(path), *args], run=False)
+    except StopIteration:
+        return ParseOnly.config_seen
+    raise AssertionError("the CLI went past parsing")

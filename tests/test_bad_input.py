@@ -103,10 +103,10 @@ def made(tmp_path_factory, tiny_folder, tiny_spec) -> SimpleNamespace:
         task="object_triangle", judge=spec("igmu_lightning.evaluation.judges.SavedDetector", path=str(DETECTORS / "shape")),
         target="triangle", reference="ORG", fid_features=None)})  # fmt: skip
     # configs with a typo, a wrong type, a missing required value
-    esd = (ROOT / ESD).read_text()
+    esd = (ROOT / ESD).read_text().replace("../../", f"{ROOT / 'configs'}/")  # its fragments, from another folder
     (root / "typo.yaml").write_text(esd.replace("negative_guidance:", "negative_guidence:"))
     (root / "wrong_type.yaml").write_text(esd.replace("lr: 1.0e-03", "lr: fast"))
-    (root / "missing.yaml").write_text(esd.replace("    concept: triangle\n", ""))
+    (root / "missing.yaml").write_text(esd.replace("    prompts: [triangle]\n", ""))
     (root / "eval_type.yaml").write_text((ROOT / WORLD_EVAL).read_text().replace("prompts_per_set: 64", "prompts_per_set: many"))
     a_file = root / "a_file"
     a_file.write_text("not a folder\n")
@@ -120,7 +120,7 @@ def esd_run(made) -> SimpleNamespace:
     must warn and finish, and its checkpoint is the "checkpoint of another algorithm" below."""
     out = made.root / "esd_run"
     result = run_script("train.py", "fit", "--config", ESD, "--model.init_args.backbone", TINY,
-                        "--model.init_args.concept", LONG_PROMPT, "--model.init_args.ddim_steps", "2",
+                        "--data.init_args.prompts", json.dumps([LONG_PROMPT]), "--model.init_args.ddim_steps", "2",
                         "--data.init_args.batch_size", "1", "--trainer.max_steps", "2", "--trainer.logger", "false",
                         "--trainer.default_root_dir", str(out / "logs"), "--model.init_args.export_dir", str(out / "export"))  # fmt: skip
     return SimpleNamespace(result=result, ckpt=out / "logs" / "checkpoints" / "last.ckpt")
@@ -285,7 +285,7 @@ def test_config_wrong_type(outcomes, made):
 
 def test_config_missing_required(outcomes, made):
     line = error_of(outcomes, "config_missing_required")
-    assert "'concept' of ESD has no value" in line and f"set model.init_args.concept in '{made.root / 'missing.yaml'}'" in line
+    assert "'prompts' of PromptData has no value" in line and f"set data.init_args.prompts in '{made.root / 'missing.yaml'}'" in line
 
 
 def test_config_unknown_trainer_key(outcomes):

@@ -1,5 +1,7 @@
-"""Unlearning algorithms as LightningModules on the shared backbone."""
+"""Unlearning algorithms as LightningModules on the shared backbone, and the data module that makes
+Concept Ablation's anchor images with the model being trained (``AnchorData``)."""
 
+from igmu_lightning.algorithms.anchors import AnchorData
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.algorithms.concept_ablation import ConceptAblation
 from igmu_lightning.algorithms.esd import ESD
@@ -8,4 +10,6 @@ from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
 from igmu_lightning.algorithms.uce import UCE
 
-__all__ = ["ESD", "FMN", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule"]
+__all__ = [
+    "ESD", "FMN", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
+]

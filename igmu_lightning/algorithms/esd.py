@@ -13,7 +13,11 @@ timestep, by ``timestep_mapping``:
   queries 39-58 timesteps noisier than where x_t sits (x_t is ~x_0 for t_enc <= 1).
 The three loss predictions use no guidance. Variants: ESD-x trains cross-attention (``xattn``),
 ESD-u the rest: ``u`` the paper-era set (all but attn2, time embedding and output layers), ``u-2025``
-the 2025 code's (Linear/Conv layers outside attn2, no norms), ``u-all`` every tensor outside attn2."""
+the 2025 code's (Linear/Conv layers outside attn2, no norms), ``u-all`` every tensor outside attn2.
+
+Where the concept comes from: the batch. Each training batch is ``{"prompt": [c, ...]}`` (``PromptData``
+with ``prompts: [concept]``; several concepts there are erased together, one per batch item), so
+the data config names what is erased and the module how."""
 
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ VARIANTS = {
 
 class ESD(UnlearningModule):
     """Args:
-    backbone: the model to erase from.
-    concept: the text of the concept (the official code's ``prompt``), e.g. "nudity".
+    backbone: the model to erase from. The concept (the official code's ``prompt``, e.g. "nudity")
+        is each batch's ``prompt``: see the module docstring.
     erase_from: optional c_f; the student sees c_f and the base term uses eps*(x_t, c_f).
     xt_prompt: what x_t is sampled with when ``erase_from`` is set: ``concept`` (the 2024 code) or
         ``erase_from`` (the 2025 code).
@@ -61,7 +65,6 @@ class ESD(UnlearningModule):
     def __init__(
         self,
         backbone: BackboneSpec,
-        concept: str,
         erase_from: str | None = None,
         xt_prompt: Literal["concept", "erase_from"] = "concept",
         variant: Literal["x", "u", "u-2025", "u-all", "full", "x-strict"] = "x",
@@ -77,15 +80,13 @@ class ESD(UnlearningModule):
     ) -> None:
         if variant not in VARIANTS:
             raise IGMUError(f"unknown ESD variant '{variant}': choose one of {', '.join(VARIANTS)}")
-        if not concept.strip():
-            raise IGMUError("ESD needs a non-empty concept to erase")
         if timestep_mapping not in ("aligned", "compvis"):
             raise IGMUError(f"unknown ESD timestep_mapping '{timestep_mapping}': choose aligned or compvis")
         if xt_prompt not in ("concept", "erase_from"):
             raise IGMUError(f"unknown ESD xt_prompt '{xt_prompt}': choose concept or erase_from")
         super().__init__(backbone, VARIANTS[variant], lr, export_dir, optimizer, lr_scheduler)
         self.save_hyperparameters()
-        self.concept, self.erase_from = concept, erase_from
+        self.erase_from = erase_from
         self.eta, self.ddim_steps, self.sample_with = negative_guidance, ddim_steps, sample_with
         self.timestep_mapping, self.xt_prompt = timestep_mapping, xt_prompt
         self.sampling = SamplerSettings(steps=ddim_steps, guidance_scale=start_guidance)
@@ -125,9 +126,12 @@ class ESD(UnlearningModule):
         return latents, t
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        n = len(batch["prompt"])
+        concepts = list(batch["prompt"])
+        if not all(c.strip() for c in concepts):
+            raise IGMUError("ESD needs a non-empty concept to erase: the data's prompts hold an empty one")
+        n = len(concepts)
         with torch.no_grad():
-            c = self.backbone.encode_prompts([self.concept] * n)
+            c = self.backbone.encode_prompts(concepts)
             null = self.backbone.encode_prompts([""] * n)
             base = self.backbone.encode_prompts([self.erase_from] * n) if self.erase_from else null
         k = int(torch.randint(0, self.ddim_steps, ()))

@@ -15,7 +15,11 @@ index from 0, guided once it is >= warmup; the momentum is updated during warmup
 diffusers switches SLD off (and warns "Safety checker disabled!") unless guidance_scale > 1 and
 s_S > 1; this rule applies at any scale (at guidance_scale 1: eps = eps_p - g_S).
 The guidance rides on the backbone (``backbone.guidance``), so every sampler, evaluator and export
-of that backbone uses it; an exported folder keeps it in ``igmu_guidance.json``."""
+of that backbone uses it; an exported folder keeps it in ``igmu_guidance.json``.
+
+Where its prompt comes from: the safety concept S is the module's ``safety_concept``; nothing is
+trained, so ``train.py fit`` runs one step of a plain step counter, ``StepData`` (no prompts), whose
+batch is never read."""
 
 from __future__ import annotations
 

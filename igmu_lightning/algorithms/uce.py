@@ -9,7 +9,11 @@ last word and every token after it for erase and guide texts, all 77 tokens of e
 and always preserves "" (it protects the unconditional branch of CFG); the 2024 code (``concept``)
 takes the last word's token of every text, preserve texts included, and adds no "".
 Solved in float64 from the unedited weights. Through ``train.py fit`` it is a module whose one
-training step applies the edit."""
+training step applies the edit.
+
+Where its texts come from: the module's ``erase``, ``guide`` and ``preserve`` (and
+``preserve_file``), all consumed at once by the one edit, which no batch could split. Its data module
+is a plain step counter, ``StepData`` (one step, no prompts): the batch is never read."""
 
 from __future__ import annotations
 

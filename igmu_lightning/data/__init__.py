@@ -1,10 +1,12 @@
-"""LightningDataModules: captioned image folders, DataIGM labelled image folders."""
+"""LightningDataModules: captioned image folders, DataIGM labelled image folders, forget/retain pairs,
+prompts, and a plain step counter."""
 
 from igmu_lightning.data.captioned_folder import CaptionedFolderData, load_image
 from igmu_lightning.data.forget_retain import FolderForgetRetain, WorldForgetRetain
 from igmu_lightning.data.labelled_folder import LabelledFolderData
-from igmu_lightning.data.prompts import PromptData
+from igmu_lightning.data.prompts import PromptData, StepData
 
 __all__ = [
-    "CaptionedFolderData", "FolderForgetRetain", "LabelledFolderData", "PromptData", "WorldForgetRetain", "load_image",
+    "CaptionedFolderData", "FolderForgetRetain", "LabelledFolderData", "PromptData", "StepData", "WorldForgetRetain",
+    "load_image",
 ]

@@ -1,11 +1,13 @@
-"""Prompt-only training data, for algorithms that need no images (ESD, UCE, SLD...), and readers
-of HUB's prompt files (target, multilingual and adversarial prompts) for generate-and-score."""
+"""Prompt-only training data, for algorithms whose batches are prompts (ESD's concept), a plain step
+counter for those whose training reads no batch (UCE's closed-form edit, SLD), and readers of HUB's
+prompt files (target, multilingual and adversarial prompts) for generate-and-score."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,8 +29,11 @@ class PromptCycle(Dataset):
 
 
 class PromptData(LightningDataModule):
-    """Args:
-    prompts: the prompts to cycle through (e.g. the concept, or the forget prompts).
+    """Batches ``{"prompt": [str]}`` of ``batch_size`` prompts, cycling through ``prompts`` in a
+    shuffled order (one draw from the global torch RNG per epoch, as ``RandomSampler``).
+
+    Args:
+    prompts: the prompts to cycle through (ESD: the concept, or several concepts).
     batch_size: prompts per step (per device).
     steps_per_epoch: batches in one epoch.
     """
@@ -45,6 +50,39 @@ class PromptData(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = PromptCycle(self.prompts, self.batch_size * self.steps_per_epoch)
         return ResumableLoader(data, self.batch_size, sampler=ShuffleSampler(len(data)))
+
+
+class Steps(Dataset):
+    """Item i is ``{"step": i}``."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return {"step": index}
+
+
+class StepData(LightningDataModule):
+    """Batches that carry no data, ``{"step": tensor([i])}``, for modules whose training step reads
+    no batch (UCE applies its closed-form edit once, SLD trains nothing): the loop runs
+    ``steps_per_epoch`` steps in order, and it draws nothing from the global random stream.
+
+    Args:
+    steps_per_epoch: batches in one epoch (1: the one step of a closed-form or training-free method).
+    """
+
+    def __init__(self, steps_per_epoch: int = 1) -> None:
+        super().__init__()
+        if steps_per_epoch < 1:
+            raise IGMUError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.steps_per_epoch = steps_per_epoch
+
+    def train_dataloader(self) -> DataLoader:
+        # Its own generator for the loader's per-epoch base seed: the global stream stays untouched.
+        return DataLoader(Steps(self.steps_per_epoch), batch_size=1, generator=torch.Generator())
 
 
 # --- HUB's prompt files ----------------------------------------------------------------------

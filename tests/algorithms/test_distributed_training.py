@@ -13,7 +13,7 @@ from igmu_lightning.data import PromptData
 
 
 def test_esd_trains_with_ddp_spawn_on_two_cpu_processes_in_bf16_mixed(tiny_spec, tmp_path):
-    module = ESD(tiny_spec, concept="a cat", lr=1e-2, ddim_steps=3, export_dir=str(tmp_path / "out"))
+    module = ESD(tiny_spec, lr=1e-2, ddim_steps=3, export_dir=str(tmp_path / "out"))
     before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", precision="bf16-mixed", max_steps=2,
@@ -28,7 +28,7 @@ def test_esd_trains_with_ddp_spawn_on_two_cpu_processes_in_bf16_mixed(tiny_spec,
 
 
 def test_bf16_mixed_keeps_the_loss_close_to_fp32(tiny_spec):
-    module = ESD(tiny_spec, concept="a cat", ddim_steps=3)
+    module = ESD(tiny_spec, ddim_steps=3)
     batch = {"prompt": ["a cat", "a cat"]}
     losses = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -44,7 +44,7 @@ def test_fsdp_is_refused_with_the_reason_and_the_fix(tiny_spec):
 
     from igmu_lightning.errors import IGMUError
 
-    module = ESD(tiny_spec, concept="a cat")
+    module = ESD(tiny_spec)
     module._trainer = SimpleNamespace(strategy=FSDPStrategy())  # Lightning builds FSDP only on GPUs
     with pytest.raises(IGMUError, match="do not run under FSDP.*use strategy ddp"):
         module.setup("fit")

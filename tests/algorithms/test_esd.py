@@ -10,7 +10,7 @@ from igmu_lightning.errors import IGMUError
 
 
 def test_teacher_is_the_original_unet_without_a_second_copy(tiny_spec):
-    module = ESD(tiny_spec, concept="a cat", variant="x")
+    module = ESD(tiny_spec, variant="x")
     frozen = copy.deepcopy(module.backbone.unet)  # the independent reference: a real copy
     trained = {n for n, p in module.backbone.unet.named_parameters() if p.requires_grad}
     assert trained and all(".attn2." in n for n in trained)
@@ -27,7 +27,7 @@ def test_teacher_is_the_original_unet_without_a_second_copy(tiny_spec):
 
 
 def test_esd_target_is_the_negatively_guided_noise(tiny_spec):
-    module = ESD(tiny_spec, concept="a cat", negative_guidance=2.0)
+    module = ESD(tiny_spec, negative_guidance=2.0)
     frozen = copy.deepcopy(module.backbone.unet)
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([300])
     c, null = module.backbone.encode_prompts(["a cat"]), module.backbone.encode_prompts([""])
@@ -38,7 +38,7 @@ def test_esd_target_is_the_negatively_guided_noise(tiny_spec):
 
 
 def test_xt_sits_at_the_timestep_it_is_queried_at(tiny_spec):
-    module = ESD(tiny_spec, concept="a cat", ddim_steps=10)
+    module = ESD(tiny_spec, ddim_steps=10)
     c, null = module.backbone.encode_prompts(["a cat"]), module.backbone.encode_prompts([""])
     x_t, t = module.sample_xt(c, null, k=0, batch=2)
     scheduler = module.teacher_sampler(module.sampling).make_scheduler()
@@ -72,7 +72,7 @@ def compvis_ddim_by_hand(module, c, null, noise, t_enc: int, steps: int, scale: 
 @pytest.mark.smoke
 @pytest.mark.parametrize("t_enc", [0, 1, 4, 9])
 def test_compvis_mapping_runs_the_paper_era_ddim_steps_and_queries_its_timestep_range(tiny_spec, t_enc):
-    module = ESD(tiny_spec, concept="a cat", ddim_steps=10, timestep_mapping="compvis")
+    module = ESD(tiny_spec, ddim_steps=10, timestep_mapping="compvis")
     c, null = module.backbone.encode_prompts(["a cat"]), module.backbone.encode_prompts([""])
     torch.manual_seed(3)
     x_t, t = module.sample_xt(c, null, k=t_enc, batch=1)
@@ -89,17 +89,42 @@ def test_compvis_mapping_runs_the_paper_era_ddim_steps_and_queries_its_timestep_
 @pytest.mark.parametrize("xt_prompt, sampled_with", [("concept", "a cat"), ("erase_from", "a dog")])
 def test_xt_prompt_chooses_what_xt_is_sampled_with(tiny_spec, monkeypatch, xt_prompt, sampled_with):
     """The 2024 code samples x_t with c even when erasing c from c_f; the 2025 code with c_f."""
-    module = ESD(tiny_spec, concept="a cat", erase_from="a dog", xt_prompt=xt_prompt, ddim_steps=2)
+    module = ESD(tiny_spec, erase_from="a dog", xt_prompt=xt_prompt, ddim_steps=2)
     seen = []
     real = module.sample_xt
     monkeypatch.setattr(module, "sample_xt", lambda c, null, k, batch: seen.append(c) or real(c, null, k, batch))
-    module.training_step({"prompt": ["x"]}, 0)
+    module.training_step({"prompt": ["a cat"]}, 0)
     assert torch.equal(seen[0], module.backbone.encode_prompts([sampled_with]))
+
+
+def test_the_concept_is_the_batchs_prompt(tiny_spec):
+    """ESD erases what the data's prompts say: the same draws with another batch prompt give another
+    x_t context, loss and gradient; the same prompt gives the same ones."""
+    module = ESD(tiny_spec, ddim_steps=2)
+    module.log = lambda *args, **kwargs: None  # outside a Trainer loop
+    seen = []
+    real = module.sample_xt
+    module.sample_xt = lambda c, null, k, batch: seen.append(c) or real(c, null, k, batch)
+
+    def step(prompts):
+        torch.manual_seed(0)
+        loss = module.training_step({"prompt": prompts}, 0)
+        return loss, torch.autograd.grad(loss, module.trainable_parameters())
+
+    cat, cat_grads = step(["a cat", "a cat"])
+    again, again_grads = step(["a cat", "a cat"])
+    dog, dog_grads = step(["a dog", "a dog"])
+    assert torch.equal(cat, again) and all(torch.equal(a, b) for a, b in zip(cat_grads, again_grads))
+    assert not torch.equal(cat, dog) and not all(torch.equal(a, b) for a, b in zip(cat_grads, dog_grads))
+    assert torch.equal(seen[0], module.backbone.encode_prompts(["a cat", "a cat"]))
+    assert torch.equal(seen[2], module.backbone.encode_prompts(["a dog", "a dog"]))
+    both, _ = step(["a cat", "a dog"])  # two concepts at once: one per batch item
+    assert torch.equal(seen[3], module.backbone.encode_prompts(["a cat", "a dog"])) and not torch.equal(both, cat)
 
 
 @pytest.mark.smoke
 def test_a_few_steps_train_only_cross_attention(tiny_spec, tmp_path):
-    module = ESD(tiny_spec, concept="a cat", lr=1e-2, ddim_steps=4, export_dir=str(tmp_path / "out"))
+    module = ESD(tiny_spec, lr=1e-2, ddim_steps=4, export_dir=str(tmp_path / "out"))
     before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
     Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
         module, PromptData(["a cat"], batch_size=2, steps_per_epoch=3)
@@ -111,9 +136,9 @@ def test_a_few_steps_train_only_cross_attention(tiny_spec, tmp_path):
 
 def test_bad_esd_arguments(tiny_spec):
     with pytest.raises(IGMUError, match="unknown ESD variant 'y'"):
-        ESD(tiny_spec, concept="a cat", variant="y")
+        ESD(tiny_spec, variant="y")
     with pytest.raises(IGMUError, match="non-empty concept"):
-        ESD(tiny_spec, concept="  ")
+        ESD(tiny_spec).training_step({"prompt": ["a cat", "  "]}, 0)
     with pytest.raises(IGMUError, match="prompt list is empty"):
         PromptData([])
 
@@ -122,7 +147,7 @@ def test_exported_model_records_its_training_cost(tiny_spec, tmp_path):
     from igmu_lightning.backbone import Pretrained
     from igmu_lightning.evaluation.scoring import training_cost
 
-    module = ESD(tiny_spec, concept="a cat", lr=1e-3, ddim_steps=2, export_dir=str(tmp_path / "out"))
+    module = ESD(tiny_spec, lr=1e-3, ddim_steps=2, export_dir=str(tmp_path / "out"))
     Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
         module, PromptData(["a cat"], steps_per_epoch=1)
     )

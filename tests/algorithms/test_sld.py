@@ -6,7 +6,7 @@ from igmu_lightning.algorithms import SLD, SafeLatentDiffusion
 from igmu_lightning.algorithms.sld import SafetyGuidance
 from igmu_lightning.artifacts import model_fingerprint
 from igmu_lightning.backbone import Pretrained
-from igmu_lightning.data import PromptData
+from igmu_lightning.data import StepData
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.sampling import Sampler, SamplerSettings
 
@@ -49,7 +49,7 @@ def test_presets_and_bad_arguments(tiny_spec):
 def test_fit_exports_a_guided_model_that_loads_with_its_guidance(tiny_spec, tmp_path):
     module = SLD(tiny_spec, preset="max", safety_concept="a cat", export_dir=str(tmp_path / "sld"))
     Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
-        module, PromptData(["a cat"], steps_per_epoch=5)
+        module, StepData(steps_per_epoch=5)
     )
     assert module.trainer.global_step == 0  # nothing trained
     loaded = Pretrained(str(tmp_path / "sld")).build()

@@ -3,7 +3,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from igmu_lightning.algorithms import UCE
-from igmu_lightning.data import PromptData
+from igmu_lightning.data import StepData
 from igmu_lightning.errors import IGMUError
 
 
@@ -18,7 +18,7 @@ def test_edit_equals_the_closed_form_solved_independently(tiny_spec):
     lhs = 0.5 * w0 + sum(torch.outer(w0 @ gi, ci) for ci, gi in zip(c, g)) + s_p * sum(torch.outer(w0 @ pj, pj) for pj in p)
     rhs = 0.5 * torch.eye(w0.shape[1], dtype=torch.float64) + c.T @ c + s_p * p.T @ p
     expected = lhs @ torch.linalg.inv(rhs)
-    Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(module, PromptData(["x"], steps_per_epoch=5))
+    Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(module, StepData(steps_per_epoch=5))
     edited = dict(module.backbone.unet.named_parameters())[name]
     assert torch.allclose(edited.double(), expected, atol=1e-5)
 

@@ -35,9 +35,9 @@ OFFICIAL = {
 def build(name: str, spec, **kwargs):
     """Each module with the fewest arguments it takes (the tiny backbone)."""
     makers = {
-        "ESD": lambda: ESD(spec, concept="triangle", **kwargs),
+        "ESD": lambda: ESD(spec, **kwargs),
         "SalUn": lambda: SalUn(spec, pseudo_prompt="a square", **kwargs),
-        "ConceptAblation": lambda: ConceptAblation(spec, target="triangle", anchor_prompts=["a square"], anchor="square", **kwargs),
+        "ConceptAblation": lambda: ConceptAblation(spec, target="triangle", anchor="square", **kwargs),
         "FMN": lambda: FMN(spec, concept="triangle", **kwargs),
         "TextToImage": lambda: TextToImage(spec, **kwargs),
         "AutoencoderTraining": lambda: AutoencoderTraining(spec, **kwargs),

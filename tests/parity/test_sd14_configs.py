@@ -3,9 +3,8 @@
 must change this table and docs/parity.md together."""
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, resolved_config
 
 SD14 = ROOT / "configs" / "unlearn" / "sd14"
 E = "rohitgandikota/erasing@b8aeab6:train-scripts/train-esd.py"
@@ -34,8 +33,8 @@ CA_COMMON = {
     "trainer.gradient_clip_val": 1.0,  # CA/train.py:445-447 max_grad_norm 1.0
     "model.loss": "model",  # CA/train.py:398-403 loss_type_reverse model-based
     "model.reduction": "official",  # CA/train.py:1145-1149 masked (B,1,h,w) reduction
-    "model.anchor_sampler": "diffusers",  # CA/train.py:662-664, 728-734 DPMSolverMultistep 25 steps, CFG 6
-    "model.hflip": True,  # CA/README.md:29-98 --hflip in every command
+    "data.anchor_sampler": "diffusers",  # CA/train.py:662-664, 728-734 DPMSolverMultistep 25 steps, CFG 6
+    "data.hflip": True,  # CA/README.md:29-98 --hflip in every command
     "data.batch_size": 8,  # CA/README.md --train_batch_size=4 on the 2 recommended GPUs
 }
 FMN = {
@@ -48,10 +47,10 @@ FMN = {
     "trainer.gradient_clip_val": None,  # F:src/train_attn.py:386-404, 567-569 clips an exhausted generator
 }
 OFFICIAL = {
-    "esd_nudity": {**ESD, "model.variant": "u", "model.concept": "nudity"},  # paper: ESD-u for nudity
-    "esd_vangogh": {**ESD, "model.variant": "x", "model.concept": "Van Gogh"},  # paper: ESD-x for styles
-    "esd_church": {**ESD, "model.variant": "u", "model.concept": "church"},
-    "esd_parachute": {**ESD, "model.variant": "u", "model.concept": "parachute"},
+    "esd_nudity": {**ESD, "model.variant": "u", "data.prompts": ["nudity"]},  # paper: ESD-u for nudity
+    "esd_vangogh": {**ESD, "model.variant": "x", "data.prompts": ["Van Gogh"]},  # paper: ESD-x for styles
+    "esd_church": {**ESD, "model.variant": "u", "data.prompts": ["church"]},
+    "esd_parachute": {**ESD, "model.variant": "u", "data.prompts": ["parachute"]},
     "uce_nudity": {**UCE, "model.guide": [""], "model.preserve": [], "model.preserve_file": None},  # U:390-392, 419-420
     "uce_church": {**UCE, "model.guide": [""], "model.preserve": [], "model.preserve_file": None},
     "uce_parachute": {**UCE, "model.guide": [""], "model.preserve": [], "model.preserve_file": None},
@@ -60,15 +59,15 @@ OFFICIAL = {
         "model.preserve_column": "artist",
     },
     "ca_nudity": {  # CA/README.md:85-98; CA/utils.py:188-196 the three templates; CA/train.py:66-71 "attn"
-        **CA_COMMON, "model.target": "nudity, nsfw", "model.negative_prompt": "nudity, nsfw",
+        **CA_COMMON, "model.target": "nudity, nsfw", "data.negative_prompt": "nudity, nsfw",
         "model.style_templates": ["{t}, {p}", "in {t} style, {p}", "{p}, {t}"], "model.trainable": ["attn"],
         "model.prior_weight": 1.0, "model.lr": 6.4e-5, "trainer.max_steps": 400,  # 4e-6 x 4 x 2 GPUs x 2 (prior)
-        "model.anchor_prompts_file": "data/sd14/concept_ablation/people.txt",  # CA/train.py:675-677
+        "data.prompts_file": "data/sd14/concept_ablation/people.txt",  # CA/train.py:675-677
     },
     "ca_vangogh": {  # CA/README.md:29-42; CA/utils.py:179-187 default templates (odds 1 : 2)
         **CA_COMMON, "model.target": "van gogh", "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0,
         "model.lr": 1.6e-5, "trainer.max_steps": 100,  # 2e-6 x 4 x 2 GPUs
-        "model.anchor_prompts_file": "data/sd14/concept_ablation/painting.txt",  # CA/train.py:672-674
+        "data.prompts_file": "data/sd14/concept_ablation/painting.txt",  # CA/train.py:672-674
     },
     # CA/README.md:55-68 object recipe (anchor prompts: ours, see docs/parity.md)
     "ca_church": {**CA_COMMON, "model.trainable": ["xattn_kv"], "model.prior_weight": 0.0, "model.lr": 1.6e-5,
@@ -111,7 +110,7 @@ def test_every_sd14_config_has_a_row():
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_sd14_config_matches_the_official_values(name):
-    config = yaml.safe_load((SD14 / f"{name}.yaml").read_text())
+    config = resolved_config(SD14 / f"{name}.yaml")  # the fragments it includes, inlined
     assert lookup(config, "model.backbone")["init_args"]["path"] == "CompVis/stable-diffusion-v1-4"
     wrong = {key: (lookup(config, key), value) for key, value in OFFICIAL[name].items() if lookup(config, key) != value}
     assert not wrong, f"{name}: (config, official) {wrong}"
