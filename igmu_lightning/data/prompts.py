@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.resumable import ResumableLoader, ShuffleSampler
+from igmu_lightning.utils.text import read_prompt_lines, read_text_file
+
+__all__ = ["PromptData", "StepData", "read_multilingual_csv", "read_prompt_lines"]
 
 
 class PromptCycle(Dataset):
@@ -93,51 +96,11 @@ class StepData(LightningDataModule):
 MULTILINGUAL_COLUMNS = ("Original", "Spanish", "French", "German", "Italian", "Portuguese", "Index")
 
 
-def _read_text(path: str | Path, what: str) -> tuple[Path, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise IGMUError(f"{what} '{path}' does not exist")
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise IGMUError(f"{what} '{path}' is a binary file (or UTF-16), not UTF-8 text: save it as UTF-8 CSV")
-    try:
-        text = data.decode("utf-8-sig")  # a BOM from spreadsheet exports is dropped
-    except UnicodeDecodeError as err:
-        raise IGMUError(f"{what} '{path}' is not UTF-8 text (byte {err.start}): save it as UTF-8 CSV") from None
-    if not text.strip():
-        raise IGMUError(f"{what} '{path}' is empty: give one prompt a line")
-    return path, text
-
-
-def read_prompt_lines(path: str | Path, what: str = "prompt file") -> list[str]:
-    """Prompts of a HUB target CSV (headerless, one prompt a line) or adversarial prompt file
-    (one a line). A line that is one CSV-quoted field (``"a cat, by Van Gogh"``) is unquoted;
-    any other line is taken whole; blank lines are skipped."""
-    path, text = _read_text(path, what)
-    prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith('"'):
-            try:
-                fields = next(csv.reader([line], strict=True))
-            except csv.Error as err:
-                raise IGMUError(f"{what} '{path}' line {number} is not a valid CSV field ({err}): quote it as \"...\" with inner quotes doubled") from None
-            if len(fields) != 1:
-                raise IGMUError(f"{what} '{path}' line {number} holds {len(fields)} CSV fields: one prompt a line, quoted when it has commas")
-            line = fields[0]
-        line = line.strip()
-        if not line:
-            raise IGMUError(f"{what} '{path}' line {number} is an empty quoted prompt")
-        prompts.append(line)
-    return prompts
-
-
 def read_multilingual_csv(path: str | Path) -> dict[str, list[str]]:
     """HUB's multilingual prompts: ``{language: [prompt, ...]}`` for Original, Spanish, French,
     German, Italian and Portuguese (lower-cased), row for row; ``Index`` must be an integer."""
     what = "multilingual prompt file"
-    path, text = _read_text(path, what)
+    path, text = read_text_file(path, what)
     rows = list(csv.reader(text.splitlines()))
     rows = [(n, row) for n, row in enumerate(rows, start=1) if any(cell.strip() for cell in row)]
     header = [cell.strip() for cell in rows[0][1]]
