@@ -12,7 +12,7 @@ LAYERS = {
     "backbone": 2, "world": 2, "sampling": 3,
     "data": 4, "metrics": 4, "detectors": 4,
     "artifacts": 5,
-    "modules": 6,
+    "modules": 6, "attacks": 6,
     "algorithms": 7, "evaluation": 7,
     "callbacks": 8, "config_errors": 8, "cli": 9, "evaluate_cli": 9, "loggers": 9,
 }  # fmt: skip

@@ -1,0 +1,6 @@
+"""Adversarial attacks on unlearned models (UnlearnDiffAtk, P4D, Ring-A-Bell, concept inversion,
+relearning): the protocol in ``base``, one module per attack."""
+
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, Judge
+
+__all__ = ["Attack", "AttackContext", "AttackResult", "Judge"]
