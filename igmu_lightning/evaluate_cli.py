@@ -21,6 +21,7 @@ from lightning.pytorch import seed_everything
 from igmu_lightning.config_errors import OneLineParser
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation import Evaluation, results_document, write_results
+from igmu_lightning.evaluation.attack_probe import outcomes_folder, write_attack_outcomes
 
 
 def build_parser(args: list[str] | None = None) -> OneLineParser:
@@ -119,6 +120,9 @@ def evaluate(fabric: Fabric, config) -> Path:
             raise IGMUError(f"results could not be written to '{path}' ({reason}): {where}; free space or fix the folder "
                             "and copy them over") from None  # fmt: skip
         print(f"results written to {path}")
+        if output.attacks:
+            written = write_attack_outcomes(path, output.attacks)
+            print(f"attack outcomes ({len(written)} files) written to {outcomes_folder(path)}")
     fabric.barrier()
     return path
 
