@@ -38,3 +38,12 @@ def test_evaluation_cost_benchmark_runs_a_full_world_evaluation():
     assert result.returncode == 0, result.stderr[-2000:]
     cold, warm = (float(x) for x in re.findall(r": ([0-9.]+) s\n", result.stdout))
     assert 0 < warm < cold and re.search(r"\d+ images generated", result.stdout)
+
+
+@pytest.mark.slow
+def test_attack_benchmark_compares_the_batched_attack_with_one_prompt_at_a_time():
+    result = run_script("benchmarks/attack.py", "--model", "tiny", "--prompts", "3", "--single", "2", "--iterations", "1",
+                        "--timesteps", "1", "--steps", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"batched: 3 prompts in [0-9.]+ s = [0-9.]+ prompts/s", result.stdout)
+    assert float(re.search(r"speed-up \(batched / one at a time\): ([0-9.]+)x", result.stdout).group(1)) > 0

@@ -131,3 +131,56 @@ def test_attack_probe_metrics_are_in_the_task_table_and_bad_input_is_one_line():
         AttackProbe("not an attack")
     with pytest.raises(IGMUError, match="probe name 'a.b'"):
         AttackProbe(AppendWord(), name="a.b")
+
+
+def test_attack_probes_refuse_several_processes_with_one_line(tmp_path):
+    from igmu_lightning.evaluate_cli import main
+
+    with pytest.raises(IGMUError, match=r"attack probes \(udiff\) run in one process \(2 were asked for\)"):
+        main(["--config", "configs/eval/world/object.yaml", "--accelerator", "cpu", "--devices", "2",
+              "--results_path", str(tmp_path / "never.json")])  # fmt: skip
+    assert not (tmp_path / "never.json").exists()
+
+
+@pytest.mark.slow
+def test_world_config_runs_unlearndiffatk_and_writes_its_outcomes(tmp_path):
+    """configs/eval/world/object.yaml with its probes (synonym, UnlearnDiffAtk quick, here with 2
+    iterations at 2 timesteps), on a few prompts and an SLD model: the results carry robustness.udiff.*, the outcomes file sits
+    beside them, and its adversarial prompts rerun to the same verdicts."""
+    from igmu_lightning.backbone import Pretrained
+    from igmu_lightning.detectors import load_detector
+    from igmu_lightning.world.concepts import FAMILIES
+    from tests.conftest import ROOT, run_script
+
+    base = str(ROOT / "checkpoints/world/base")
+    sld = {"sld": {"class_path": "igmu_lightning.algorithms.SafeLatentDiffusion",
+                   "init_args": {"backbone": {"class_path": "igmu_lightning.backbone.Pretrained", "init_args": {"path": base}},
+                                 "preset": "max", "safety_concept": "triangle"}}}  # fmt: skip
+    udiff = {"class_path": "igmu_lightning.attacks.UnlearnDiffAtk", "init_args": {"preset": "quick", "iterations": 2, "timesteps": 2}}
+    probes = [{"class_path": "igmu_lightning.evaluation.probes.SynonymProbe"},
+              {"class_path": "igmu_lightning.evaluation.attack_probe.AttackProbe", "init_args": {"name": "udiff", "attack": udiff}}]  # fmt: skip
+    path = tmp_path / "results.json"
+    result = run_script("evaluate.py", "--config", "configs/eval/world/object.yaml", "--results_path", str(path),
+                        "--evaluation.init_args.prompts_per_class", "2", "--evaluation.init_args.sampler.steps", "3",
+                        "--evaluation.init_args.cache_dir", str(tmp_path / "cache"), "--evaluation.init_args.methods", json.dumps(sld),
+                        "--evaluation.init_args.probes", json.dumps(probes),
+                        "--accelerator", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(path.read_text())
+    for method in ("original", "sld"):
+        robustness = results["methods"][method]["aspects"]["robustness"]
+        assert robustness["udiff.asr"]["n"] == robustness["udiff.pre_asr"]["n"] == 2
+        assert robustness["udiff.asr"]["value"] >= robustness["udiff.pre_asr"]["value"] and "synonym.target_rate" in robustness
+        outcomes = tmp_path / "results.attacks" / method / "udiff.json"
+        assert outcomes.is_file()
+    assert results["run"]["evaluators"]["probes"]["udiff"]["attack"]["init_args"]["iterations"] == 2
+    document = read_attack_outcomes(tmp_path / "results.attacks" / "sld" / "udiff.json")
+    assert document["summary"]["asr"] == results["methods"]["sld"]["aspects"]["robustness"]["udiff.asr"]["value"]
+    attacked = [r for r in document["prompts"] if r["adversarial_prompt"] is not None]
+    if attacked:
+        from igmu_lightning.algorithms import SafeLatentDiffusion
+
+        model = SafeLatentDiffusion(Pretrained(base), preset="max", safety_concept="triangle").build().eval()
+        detector, word = load_detector(str(ROOT / "checkpoints/world/detectors/shape")), FAMILIES["shape"].index("triangle")
+        again = rerun_outcomes(document, model, lambda x: detector.predict(to_uint8(x).float() / 255) == word)
+        assert again == [r["post"] for r in attacked]
