@@ -6,7 +6,8 @@ judge never succeeds by default, so neither side stops early: the worst case, an
     python benchmarks/attack.py                                   # the world's model, 64 prompts, quick preset
     python benchmarks/attack.py --single 4                        # the one-at-a-time loop on 4 of them
     python benchmarks/attack.py --model tiny --prompts 4 --single 2 --iterations 1 --timesteps 1
-    python benchmarks/attack.py --single 0 --judge world          # the quick preset's cost with the world's judge
+    python benchmarks/attack.py --single 0 --judge world --model outputs/unlearned/esd_object --original checkpoints/world/base
+                                                                  # the quick preset on an unlearned model, the world's judge
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ WORLD_MODEL, WORLD_DETECTOR = "checkpoints/world/base", "checkpoints/world/detec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=WORLD_MODEL, help="a diffusers folder, or 'tiny'")
+    parser.add_argument("--original", default=None, help="the model before unlearning (default: --model itself)")
     parser.add_argument("--prompts", type=int, default=64, help="prompts attacked as one batch")
     parser.add_argument("--single", type=int, default=4, help="of them, how many the one-at-a-time loop attacks (0: skip it)")
     parser.add_argument("--preset", default="quick")
@@ -41,6 +43,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = (TinySD(seed=0, image_size=16) if args.model == "tiny" else Pretrained(args.model)).build().eval()
+    original = Pretrained(args.original).build().eval() if args.original else model
     per_class = per_class_for_set_size("object", args.prompts)
     batch = flatten_sets("object", per_class, seed=0)["forget"]
     prompts, seeds = batch.prompts[: args.prompts], batch.seeds[: args.prompts]
@@ -62,7 +65,7 @@ def main() -> None:
           f"model {args.model}, sampler {args.steps} steps, judge {args.judge}, {torch.get_num_threads()} threads")  # fmt: skip
 
     def run(p, s):
-        return attack.run(AttackContext(model, p, s, original=model, sampler=settings, judge=judge))
+        return attack.run(AttackContext(model, p, s, original=original, sampler=settings, judge=judge))
 
     start = time.perf_counter()
     result = run(prompts, seeds)

@@ -200,7 +200,7 @@ class UnlearnDiffAtk(Attack):
                     a = alphas[t].to(x0.dtype)
                     noisy = a.sqrt() * x0[rows] + (1 - a).sqrt() * noise
                     timestep = torch.full((len(rows),), t, device=device, dtype=torch.long)
-                    pred = model.unet(noisy, timestep, encoder_hidden_states=cond).sample
+                    pred = model.unet(noisy.to(model.dtype), timestep, encoder_hidden_states=cond.to(model.dtype)).sample
                     losses = (pred.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))  # per prompt: MSELoss
                     (grad,) = torch.autograd.grad(losses.sum(), [variable])
                 variable.grad = grad

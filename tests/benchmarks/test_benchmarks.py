@@ -40,7 +40,6 @@ def test_evaluation_cost_benchmark_runs_a_full_world_evaluation():
     assert 0 < warm < cold and re.search(r"\d+ images generated", result.stdout)
 
 
-@pytest.mark.slow
 def test_attack_benchmark_compares_the_batched_attack_with_one_prompt_at_a_time():
     result = run_script("benchmarks/attack.py", "--model", "tiny", "--prompts", "3", "--single", "2", "--iterations", "1",
                         "--timesteps", "1", "--steps", "2")  # fmt: skip
