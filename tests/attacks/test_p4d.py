@@ -64,9 +64,22 @@ def test_a_batch_equals_its_prompts_one_at_a_time(models):
 
 def test_presets_and_refusals():
     official = P4D()
-    assert (official.insertion, official.tokens, official.steps, official.lr, official.weight_decay) == ("replace", 16, 3000, 0.1, 0.1)
+    assert (official.insertion, official.tokens, official.steps, official.lr, official.weight_decay) == (
+        "replace",
+        16,
+        3000,
+        0.1,
+        0.1,
+    )
     mu = P4D("mu_attack")
-    assert (mu.insertion, mu.tokens, mu.optimizer, mu.lr, mu.schedule, mu.steps) == ("prefix", 3, "adam", 0.01, "sequential", 2000)
+    assert (mu.insertion, mu.tokens, mu.optimizer, mu.lr, mu.schedule, mu.steps) == (
+        "prefix",
+        3,
+        "adam",
+        0.01,
+        "sequential",
+        2000,
+    )
     assert P4D("quick", steps=7).steps == 7 and P4D(eval_every=None).eval_every is None
     assert P4D().to_config()["init_args"]["tokens"] == 16
     with pytest.raises(IGMUError, match="preset"):

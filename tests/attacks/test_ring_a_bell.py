@@ -30,7 +30,10 @@ def test_the_concept_vector_points_from_without_to_with(model):
     vector = concept_vector(model, pairs)
     with torch.no_grad():
         by_hand = torch.stack([model.encode_prompts([w])[0] - model.encode_prompts([wo])[0] for w, wo in pairs]).mean(0)
-        held_out = model.encode_prompts([TEMPLATE.format(COLORS[5])])[0] - model.encode_prompts(["a orange on a plain background"])[0]
+        held_out = (
+            model.encode_prompts([TEMPLATE.format(COLORS[5])])[0]
+            - model.encode_prompts(["a orange on a plain background"])[0]
+        )
     assert torch.allclose(vector, by_hand, atol=1e-5)
     cosine = F.cosine_similarity(vector.flatten(), held_out.flatten(), dim=0)
     randoms = [F.cosine_similarity(torch.randn(vector.numel(), generator=torch.Generator().manual_seed(s)), held_out.flatten(), dim=0)
@@ -40,13 +43,18 @@ def test_the_concept_vector_points_from_without_to_with(model):
 
 def test_the_search_improves_monotonically_and_reads_back(model):
     attack = RingABell("quick", population=24, generations=15)
-    context = AttackContext(model=model, prompts=[TEMPLATE.format("red"), "a blue triangle"], seeds=[1, 2], concept="triangle")
+    context = AttackContext(
+        model=model, prompts=[TEMPLATE.format("red"), "a blue triangle"], seeds=[1, 2], concept="triangle"
+    )
     result = attack.run(context)
     for prompt, details in zip(result.prompts, result.details):
         history = details["history"]
         assert len(history) == 15 and all(b <= a for a, b in zip(history, history[1:]))
         assert details["distance_final"] < details["distance_initial"] == history[0]
-        assert model.tokenizer(prompt, add_special_tokens=False).input_ids == details["tokens"] and len(details["tokens"]) == 8
+        assert (
+            model.tokenizer(prompt, add_special_tokens=False).input_ids == details["tokens"]
+            and len(details["tokens"]) == 8
+        )
         # the reported distance is the prompt's own: ||E(prompt) - target||^2 with the target rebuilt
         _, targets = attack.targets(model, context)
         with torch.no_grad():
