@@ -38,3 +38,12 @@ def test_evaluation_cost_benchmark_runs_a_full_world_evaluation():
     assert result.returncode == 0, result.stderr[-2000:]
     cold, warm = (float(x) for x in re.findall(r": ([0-9.]+) s\n", result.stdout))
     assert 0 < warm < cold and re.search(r"\d+ images generated", result.stdout)
+
+
+@pytest.mark.slow  # a subprocess that builds two tiny models and the whole-word vocabulary: ~25-45 s on 2 cores
+def test_attack_cost_benchmark_runs_both_attacks_on_the_tiny_model():
+    result = run_script("benchmarks/attack_cost.py", "--model", "tiny", "--prompts", "2", "--p4d_steps", "2",
+                        "--rab_generations", "2", "--sampler_steps", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"p4d: [0-9.]+ s per prompt", result.stdout) and re.search(r"ring_a_bell: [0-9.]+ s per prompt", result.stdout)
+    assert result.stdout.count('"all_read_back": true') == 2
