@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from igmu_lightning.attacks import AttackContext
-from igmu_lightning.attacks.concept_images import diffusion_loss, world_concept_images
+from igmu_lightning.attacks.concept_images import diffusion_loss, load_concept_images, world_concept_images
 from igmu_lightning.attacks.concept_inversion import ConceptInversion, Inversion
 from igmu_lightning.errors import IGMUError
 
@@ -98,3 +98,17 @@ def test_images_from_a_tensor_with_templates(model):
     result = ci.run(AttackContext(copy.deepcopy(model), ["a circle on a striped background"], [0], concept="striped"))
     assert result.prompts == ["a circle on a <c*> background"]
     assert ci.to_config()["init_args"]["images"] == "tensor (4, 3, 24, 24)"
+
+
+def test_images_from_a_folder(tmp_path):
+    from tests.conftest import draw
+
+    for i in range(3):
+        draw(tmp_path / "imgs" / f"{i}.png", "triangle", seed=i)  # 32 px files
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    images = load_concept_images(tmp_path / "imgs", 16, limit=2)
+    assert images.shape == (2, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 1
+    with pytest.raises(IGMUError, match="holds no image"):
+        load_concept_images(tmp_path, 16)
+    with pytest.raises(IGMUError, match="does not exist"):
+        load_concept_images(tmp_path / "nope", 16)
