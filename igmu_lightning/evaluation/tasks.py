@@ -40,6 +40,8 @@ _COMMON = (
     "quality.fid",
     "alignment.attribute_rate",
     "robustness.*.target_rate",  # one per probe: robustness.synonym.target_rate, ...
+    "robustness.*.target_rate_at_*",  # relearning: the target rate after k fine-tuning steps
+    "robustness.*.steps_to_half",  # relearning: steps until half the original's rate is back
     "efficiency.params_changed",
     "efficiency.params_changed_share",
     "efficiency.wall_time_s",
