@@ -145,3 +145,32 @@ def check_probes(probes: list[Probe]) -> list[Probe]:
 
 
 PROBES: dict[str, type[Probe]] = {"synonym": SynonymProbe}  # the task table's default probes by name
+
+
+class PromptCSVProbe(PromptFileProbe):
+    """Fixed prompts from a CSV with their own seeds: UnlearnDiffAtk's ``prompts/*.csv`` (columns
+    ``prompt`` and ``evaluation_seed``, any others ignored: ``data.seeded_prompts``). Each prompt
+    is generated once, with its file's seed, as the benchmark judges it.
+
+    Args:
+        path: the CSV file.
+        name: the probe's name in the results (default: the file's stem).
+    """
+
+    def __init__(self, path: str, name: str | None = None) -> None:
+        super().__init__(path, name)
+
+    def _rows(self) -> list[tuple[str, int]]:
+        from igmu_lightning.data.seeded_prompts import read_seeded_prompts
+
+        return read_seeded_prompts(self.path, f"prompt CSV of probe '{self.name}'")
+
+    def check(self) -> None:
+        self._rows()
+
+    def prompts(self, context: ProbeContext) -> PromptBatch:
+        rows = self._rows()
+        return PromptBatch([PromptItem(p, None) for p, _ in rows], [s for _, s in rows])
+
+    def record(self) -> dict:
+        return {"class": type(self).__name__, "path": self.path}
