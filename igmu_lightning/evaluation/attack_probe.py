@@ -68,6 +68,7 @@ class AttackOutcomes:
         """The JSON at ``path`` (atomically), and the embeddings beside it when there are any."""
         path = Path(path)
         if self.embeddings is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".safetensors.part")
             save_file({"embeddings": self.embeddings.detach().float().cpu().contiguous()}, str(tmp))
             atomic_write_bytes(path.with_suffix(".safetensors"), tmp.read_bytes())

@@ -184,3 +184,41 @@ def test_world_config_runs_unlearndiffatk_and_writes_its_outcomes(tmp_path):
         detector, word = load_detector(str(ROOT / "checkpoints/world/detectors/shape")), FAMILIES["shape"].index("triangle")
         again = rerun_outcomes(document, model, lambda x: detector.predict(to_uint8(x).float() / 255) == word)
         assert again == [r["post"] for r in attacked]
+
+
+def other_attacks():
+    from igmu_lightning.attacks.concept_inversion import ConceptInversion
+    from igmu_lightning.attacks.p4d import P4D
+    from igmu_lightning.attacks.ring_a_bell import RingABell
+
+    return {
+        "p4d": lambda: P4D("quick", steps=2, eval_every=None),
+        "ring_a_bell": lambda: RingABell("quick", population=4, generations=2),
+        "concept_inversion": lambda: ConceptInversion(world_target="object", preset="quick", steps=2, batch_size=2, n_images=2),
+    }
+
+
+@pytest.mark.parametrize("which", ["p4d", "ring_a_bell", "concept_inversion"])
+def test_the_other_attacks_run_as_probes_and_their_outcomes_rerun(which, tmp_path):
+    """P4D, Ring-A-Bell and concept inversion (whose result is embeddings) through AttackProbe on
+    the tiny model: every prompt attacked (the judge never calls a plain image a success), the
+    outcomes (and the embeddings beside them) rerun to the same verdicts."""
+    forget = tmp_path / "forget.txt"
+    forget.write_text("a red triangle\na big triangle\n")
+    other = TinySD(seed=1, image_size=16)
+    judge = DarkJudge(0.0)  # no image is darker than black: nothing succeeds, every prompt is attacked
+    evaluation = PromptSetTargetRate(str(forget), judge, "nude", task="object_triangle", methods={"other": other},
+                                     original=TinySD(seed=0, image_size=16), sampler=SETTINGS,
+                                     probes=[AttackProbe(other_attacks()[which]())])  # fmt: skip
+    output = evaluation.compare(TinySD(seed=0, image_size=16).build().eval(), [("other", other.build().eval())], seed=0)
+    name = other_attacks()[which]().name
+    robustness = output.methods["other"]["aspects"]["robustness"]
+    assert robustness[f"{name}.asr"]["n"] == 2 and f"{name}.seconds_per_prompt" in robustness
+    found = output.attacks["other"][name]
+    (path,) = [p for p in write_attack_outcomes(tmp_path / "r.json", output.attacks) if "other" in p.parts]
+    document = read_attack_outcomes(path)
+    attacked = [r for r in document["prompts"] if r["adversarial_prompt"] is not None]
+    assert len(attacked) == 2 and (document["embeddings"] is not None) == (which == "concept_inversion") == (found.embeddings is not None)
+    built = judge.build()
+    again = rerun_outcomes(document, other.build().eval(), lambda x: built.predict(to_uint8(x).float() / 255) == 1)
+    assert again == [r["post"] for r in attacked]
