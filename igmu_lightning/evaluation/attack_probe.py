@@ -99,7 +99,8 @@ def read_attack_outcomes(path: str | Path) -> dict:
 
 def rerun_outcomes(document: dict, model, judge: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 16) -> list[bool]:
     """Regenerate each attacked row's image (adversarial prompt, or its embeddings, with its seed
-    and the recorded sampler settings) on ``model`` and judge it: the ``post`` column again."""
+    and the recorded sampler settings) on ``model`` and judge it: the ``post`` column again (CPU
+    kernels round differently for other batch sizes, so an image on the judge's edge may flip)."""
     sampler = Sampler(model, SamplerSettings(**document["sampler"]), batch_size=batch_size)
     rows = [r for r in document["prompts"] if r["adversarial_prompt"] is not None]
     if document.get("embeddings") is not None:

@@ -1,7 +1,8 @@
 """Robustness probes: each makes prompts (with seeds) meant to bring an erased target back, and is
 reported as ``robustness.<name>.target_rate``. The world's synonym paraphrases and a static prompt
 file are probes; an attack (UnlearnDiffAtk, Ring-A-Bell) plugs in as a probe whose prompts are
-optimised against the model under evaluation, which the context hands it."""
+optimised against the model under evaluation, which the context hands it
+(``evaluation.attack_probe.AttackProbe``: its own metrics, through ``Probe.score``)."""
 
 from __future__ import annotations
 
