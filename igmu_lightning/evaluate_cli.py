@@ -21,6 +21,7 @@ from lightning.pytorch import seed_everything
 from igmu_lightning.config_errors import OneLineParser
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation import Evaluation, results_document, write_results
+from igmu_lightning.evaluation.attack_probe import outcomes_folder, write_attack_outcomes
 
 
 def build_parser(args: list[str] | None = None) -> OneLineParser:
@@ -90,7 +91,23 @@ def main(args: list[str] | None = None) -> Path:
             f"{kind.__name__} runs in one process ({fabric.world_size} were asked for): drop --devices / --num_nodes; "
             "WorldEvaluation, IGMUFolder, GenerateAndScore and PromptSetTargetRate share their work across processes"
         )
+    attacks = attack_probes(config)
+    if fabric.world_size > 1 and attacks:
+        raise IGMUError(f"attack probes ({', '.join(attacks)}) run in one process ({fabric.world_size} were asked for): "
+                        "drop --devices / --num_nodes, or leave the attack probes out of evaluation.init_args.probes")  # fmt: skip
     return fabric.launch(evaluate, config)
+
+
+def attack_probes(config) -> list[str]:
+    """The names (or classes) of the attack probes the config lists: they run in one process only."""
+    init_args = getattr(config.evaluation, "init_args", None)
+    probes = getattr(init_args, "probes", None) or []
+    found = []
+    for probe in probes:
+        if str(getattr(probe, "class_path", "")).endswith("AttackProbe"):
+            args = getattr(probe, "init_args", None)
+            found.append(str(getattr(args, "name", None) or "AttackProbe"))
+    return found
 
 
 def evaluate(fabric: Fabric, config) -> Path:
@@ -119,6 +136,9 @@ def evaluate(fabric: Fabric, config) -> Path:
             raise IGMUError(f"results could not be written to '{path}' ({reason}): {where}; free space or fix the folder "
                             "and copy them over") from None  # fmt: skip
         print(f"results written to {path}")
+        if output.attacks:
+            written = write_attack_outcomes(path, output.attacks)
+            print(f"attack outcomes ({len(written)} files) written to {outcomes_folder(path)}")
     fabric.barrier()
     return path
 

@@ -2,5 +2,6 @@
 relearning): the protocol in ``base``, one module per attack."""
 
 from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, Judge
+from igmu_lightning.attacks.unlearndiffatk import UnlearnDiffAtk
 
-__all__ = ["Attack", "AttackContext", "AttackResult", "Judge"]
+__all__ = ["Attack", "AttackContext", "AttackResult", "Judge", "UnlearnDiffAtk"]

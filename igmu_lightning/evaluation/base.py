@@ -18,6 +18,9 @@ class EvaluationOutput:
     methods: dict = field(default_factory=dict)  # NAME -> {"aspects": {...}}
     model_hashes: dict = field(default_factory=dict)  # NAME -> {component: sha256}
     evaluators: dict = field(default_factory=dict)  # what judged: detectors, FID features, CI methods
+    # NAME -> probe name -> an attack probe's outcomes (``evaluation.attack_probe.AttackOutcomes``):
+    # evaluate.py writes each beside the results, as <results stem>.attacks/<NAME>/<probe>.json
+    attacks: dict = field(default_factory=dict)
 
 
 class Evaluation:

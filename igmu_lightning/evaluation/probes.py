@@ -1,7 +1,8 @@
 """Robustness probes: each makes prompts (with seeds) meant to bring an erased target back, and is
 reported as ``robustness.<name>.target_rate``. The world's synonym paraphrases and a static prompt
 file are probes; an attack (UnlearnDiffAtk, Ring-A-Bell) plugs in as a probe whose prompts are
-optimised against the model under evaluation, which the context hands it."""
+optimised against the model under evaluation, which the context hands it
+(``evaluation.attack_probe.AttackProbe``: its own metrics, through ``Probe.score``)."""
 
 from __future__ import annotations
 
@@ -16,23 +17,42 @@ from igmu_lightning.backbone import Backbone
 from igmu_lightning.data.prompts import read_prompt_lines
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.distributed import share
+from igmu_lightning.evaluation.scoring import Scorecard
 from igmu_lightning.evaluation.world_sets import PromptBatch, flatten_sets
+from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.world.concepts import TARGETS
 from igmu_lightning.world.prompts import PromptItem
 
 PROBE_SEEDS = 500_000  # seed block of probe prompts: after the world's five sets (100_000 each)
 
 
+Success = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) in [0, 1] -> target drawn, (B,) bool
+
+
 @dataclass
 class ProbeContext:
     """What a probe may draw on: the erasure target (a world target, or the IGMU task key), the
     evaluation's seed, the prompts per class of the world's sets (None elsewhere), and the model
-    under evaluation (attacks optimise against it)."""
+    under evaluation (attacks optimise against it).
+
+    For attacks (``evaluation.attack_probe``) the evaluation also hands over: ``original`` (the
+    model before unlearning), ``forget`` (this process's forget prompts and seeds: the world's
+    forget set, or the evaluation's prompt set), ``forget_images`` (the model's images of them,
+    already made), ``judge`` (images -> the target is drawn, the evaluation's own judge and
+    target), ``sampler`` (the evaluation's sampling settings), ``concept`` (the erased concept's
+    words) and ``method`` (the model's name in the results)."""
 
     target: str
     seed: int
     per_class: int | dict[str, int] | None = None
     model: Backbone | None = None
+    original: Backbone | None = None
+    forget: PromptBatch | None = None
+    forget_images: torch.Tensor | None = None
+    judge: Success | None = None
+    sampler: SamplerSettings | None = None
+    concept: str = ""
+    method: str = ""
 
 
 class Probe:
@@ -50,6 +70,16 @@ class Probe:
         batch = self.prompts(context)
         part = batch.part(share(len(batch.items), f"'{self.name}' probe prompts"))
         return part, generate(part)
+
+    def score(self, card: Scorecard, context: ProbeContext, generate: Callable[[PromptBatch], torch.Tensor]) -> object | None:
+        """Add the probe's metrics to ``card``: ``robustness.<name>.target_rate``, the share of its
+        images ``context.judge`` finds the target in. Returns what to save beside the results (an
+        attack's outcomes), or None."""
+        batch, images = self.images(context, generate)
+        with torch.inference_mode():
+            hits = context.judge(images)
+        card.rate(f"robustness.{self.name}.target_rate", hits, batch.prompt_ids(images.device))
+        return None
 
     def check(self) -> None:
         """Fail now, with one line, on anything ``prompts`` would fail on later (a missing file)."""

@@ -57,6 +57,8 @@ class PromptSetTargetRate(ModelComparison):
         cache_dir: image cache (None: none; a model under training changes at every validation).
         probes: robustness probes (e.g. ``probes.PromptFileProbe``), none by default.
         category: the task table's category (default: from ``task``).
+        concept: the erased concept's words, for attacks that use them (default: ``task`` after its
+            category, or the task itself: ``style_vangogh`` -> ``vangogh``, ``nudity`` -> ``nudity``).
     """
 
     shares_work = True
@@ -75,6 +77,7 @@ class PromptSetTargetRate(ModelComparison):
         cache_dir: str | None = None,
         probes: list[Probe] | None = None,
         category: str | None = None,
+        concept: str | None = None,
     ) -> None:
         if samples_per_prompt < 1:
             raise IGMUError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
@@ -82,6 +85,7 @@ class PromptSetTargetRate(ModelComparison):
             raise IGMUError(f"'{ORIGINAL}' is the name of the original model: rename that method")
         self.prompts_file, self.judge_spec, self.target, self.task = prompts, judge, target, task
         self.category = category or task_category(task)
+        self.concept = concept if concept is not None else (task.split("_", 1)[1].replace("_", " ") if "_" in task else task)
         self.rule = task_rule(self.category)
         self.methods, self.original = dict(methods or {}), original
         self.samples_per_prompt, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
@@ -123,7 +127,7 @@ class PromptSetTargetRate(ModelComparison):
         target = judge.class_names.index(self.target)
         whole = prompt_batch(read_prompt_file(self.prompts_file, self.task), self.samples_per_prompt, seed)
         mine = whole.part(share(len(whole.items)))
-        methods, hashes, self.samples = {}, {}, {}
+        methods, hashes, attacks, self.samples = {}, {}, {}, {}
         for name, model in itertools.chain([(ORIGINAL, original)], models):
             device = model.device
             fingerprint = model_fingerprint(model) if self.cache else None
@@ -134,13 +138,18 @@ class PromptSetTargetRate(ModelComparison):
 
             card = Scorecard(self.rule, self.category, seed)
             images = generate(mine)
+
+            def success(x: torch.Tensor, device=device) -> torch.Tensor:
+                return self._predict(judge, x, device) == target
+
             with torch.inference_mode():
-                card.target_rate("forgetting.target_rate", self._predict(judge, images, device), target, mine.prompt_ids(device))
-                context = ProbeContext(self.task, seed, model=model)
-                for probe in self.probes:
-                    batch, probe_images = probe.images(context, generate)
-                    card.target_rate(f"robustness.{probe.name}.target_rate", self._predict(judge, probe_images, device), target,
-                                     batch.prompt_ids(device))  # fmt: skip
+                card.rate("forgetting.target_rate", success(images), mine.prompt_ids(device))
+            context = ProbeContext(self.task, seed, model=model, original=original, forget=mine, forget_images=images,
+                                   judge=success, sampler=self.settings, concept=self.concept, method=name)  # fmt: skip
+            for probe in self.probes:  # outside inference mode: attacks need gradients
+                found = probe.score(card, context, generate)
+                if found is not None:
+                    attacks.setdefault(name, {})[probe.name] = found
             methods[name] = card.result()
             self.samples[name] = gather(images[: self.keep_samples])[: self.keep_samples].cpu()
             hashes[name] = model.hashes()
@@ -151,7 +160,7 @@ class PromptSetTargetRate(ModelComparison):
             "prompt_sets": {"forget": {"images": len(whole.items), "prompts": len(set(whole.groups))}},
             "probes": {p.name: p.record() for p in self.probes},
         }
-        return EvaluationOutput(methods, hashes, evaluators)
+        return EvaluationOutput(methods, hashes, evaluators, attacks)
 
     def _predict(self, judge, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The judge's classes in batches, on the metrics' device (NudeNet answers on the CPU)."""

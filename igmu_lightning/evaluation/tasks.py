@@ -40,6 +40,9 @@ _COMMON = (
     "quality.fid",
     "alignment.attribute_rate",
     "robustness.*.target_rate",  # one per probe: robustness.synonym.target_rate, ...
+    "robustness.*.pre_asr",  # one per attack probe (evaluation.attack_probe): the plain prompt already succeeds,
+    "robustness.*.asr",  # success before or after the attack (UnlearnDiffAtk's ASR),
+    "robustness.*.seconds_per_prompt",  # and the attack's wall time per attacked prompt
     "robustness.*.target_rate_at_*",  # relearning: the target rate after k fine-tuning steps
     "robustness.*.steps_to_half",  # relearning: steps until half the original's rate is back
     "efficiency.params_changed",

@@ -87,13 +87,16 @@ class WorldEvaluation(ModelComparison):
         sampler = Sampler(model, self.settings, batch_size=self.batch_size)
         return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint).to(model.device)
 
-    def _score(self, images: dict, refs: dict, sets: dict[str, PromptBatch], probed: dict, seed: int) -> Scorecard:
-        """Every metric of the task table for one model's images (``refs``: the original's;
-        ``probed``: probe name -> (prompts, images)). Under several processes each holds its share
-        of images; every summary syncs the metric states."""
+    def _judge(self, images: torch.Tensor) -> torch.Tensor:
+        """Whether the target's family detector finds the target in each image: the target rates' judge."""
+        return self.detectors[self.target.family].predict(images) == FAMILIES[self.target.family].index(self.target.word)
+
+    def _score(self, card: Scorecard, images: dict, refs: dict, sets: dict[str, PromptBatch], seed: int) -> Scorecard:
+        """Every metric of the task table for one model's images (``refs``: the original's), beside
+        the probes' ones already on ``card``. Under several processes each holds its share of
+        images; every summary syncs the metric states."""
         t, detectors = self.target, self.detectors
         device = images["forget"].device  # the models', detectors' and metric states' (NCCL syncs CUDA tensors)
-        card = Scorecard(self.rule, t.category, seed)
 
         def labels(name: str, family: str) -> torch.Tensor:
             return sets[name].labels(family).to(device)
@@ -107,8 +110,6 @@ class WorldEvaluation(ModelComparison):
         card.target_rate("forgetting.target_rate", predict["forget"], word, ids("forget"))
         card.rate("preservation.retain_accuracy", predict["unrelated"] == labels("unrelated", t.family), ids("unrelated"))
         card.rate("preservation.near_accuracy", predict["near"] == labels("near", t.family), ids("near"))
-        for name, (batch, probe_images) in probed.items():
-            card.target_rate(f"robustness.{name}.target_rate", judge.predict(probe_images), word, batch.prompt_ids(device))
         if self.rule.subject:
             subject = self.rule.subject
             kept = detectors[subject].predict(images["forget"]) == labels("forget", subject)
@@ -163,7 +164,7 @@ class WorldEvaluation(ModelComparison):
         total = None if total is None else total + 1
         progress = tqdm(total=total, desc=f"evaluating ({self.target.name})", unit="model", disable=not is_main())
         refs = {name: self._images(original, original_id, sets[name]) for name in self.rule.reference_sets}
-        methods, hashes = {}, {}
+        methods, hashes, attacks = {}, {}, {}
         self.samples: dict[str, torch.Tensor] = {}
         for name, model in itertools.chain([(ORIGINAL, original)], models):
             if name == ORIGINAL and model is not original:
@@ -173,10 +174,16 @@ class WorldEvaluation(ModelComparison):
                 raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
             fingerprint = original_id if model is original else model_fingerprint(model)
             images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
-            context = ProbeContext(self.target.name, seed, self.per_class, model)
-            probed = {p.name: p.images(context, lambda batch: self._images(model, fingerprint, batch)) for p in self.probes}
+            card = Scorecard(self.rule, self.target.category, seed)
+            context = ProbeContext(self.target.name, seed, self.per_class, model, original=original, forget=sets["forget"],
+                                   forget_images=images["forget"], judge=self._judge, sampler=self.settings,
+                                   concept=self.target.word, method=name)  # fmt: skip
+            for probe in self.probes:  # outside inference mode: attacks need gradients
+                found = probe.score(card, context, lambda batch, model=model, fingerprint=fingerprint: self._images(model, fingerprint, batch))
+                if found is not None:
+                    attacks.setdefault(name, {})[probe.name] = found
             with torch.inference_mode():
-                card = self._score(images, refs, sets, probed, seed)
+                self._score(card, images, refs, sets, seed)
             card.efficiency(model, original)
             methods[name] = card.result()
             # the first forget images (same seeds for every model: a grid), from whichever ranks made them
@@ -185,7 +192,7 @@ class WorldEvaluation(ModelComparison):
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
         progress.close()
-        return EvaluationOutput(methods, hashes, self._evaluators(whole))
+        return EvaluationOutput(methods, hashes, self._evaluators(whole), attacks)
 
     def _evaluators(self, whole: dict[str, PromptBatch]) -> dict:
         """Provenance: the detectors, the FID features, the interval methods, each set's size and the probes."""

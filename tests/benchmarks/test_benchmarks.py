@@ -40,6 +40,14 @@ def test_evaluation_cost_benchmark_runs_a_full_world_evaluation():
     assert 0 < warm < cold and re.search(r"\d+ images generated", result.stdout)
 
 
+def test_attack_benchmark_compares_the_batched_attack_with_one_prompt_at_a_time():
+    result = run_script("benchmarks/attack.py", "--model", "tiny", "--prompts", "3", "--single", "2", "--iterations", "1",
+                        "--timesteps", "1", "--steps", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"batched: 3 prompts in [0-9.]+ s = [0-9.]+ prompts/s", result.stdout)
+    assert float(re.search(r"speed-up \(batched / one at a time\): ([0-9.]+)x", result.stdout).group(1)) > 0
+
+
 @pytest.mark.slow  # a subprocess that builds two tiny models and the whole-word vocabulary: ~25-45 s on 2 cores
 def test_attack_cost_benchmark_runs_both_attacks_on_the_tiny_model():
     result = run_script("benchmarks/attack_cost.py", "--model", "tiny", "--prompts", "2", "--p4d_steps", "2",

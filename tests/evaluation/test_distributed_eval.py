@@ -7,7 +7,7 @@ import math
 import pytest
 
 from igmu_lightning.evaluation.distributed import share
-from tests.conftest import ROOT, on_gloo_processes, run_script
+from tests.conftest import ROOT, SYNONYM_ONLY, on_gloo_processes, run_script
 
 CONFIG = "configs/eval/world/style.yaml"
 BASE = str(ROOT / "checkpoints/world/base")
@@ -28,7 +28,8 @@ def evaluate(tmp_path, name: str, *launch: str) -> dict:
     return run_evaluate(tmp_path, name, "--config", CONFIG, "--evaluation.init_args.prompts_per_class", "2",
                         "--evaluation.init_args.batch_size", "2", "--evaluation.init_args.sampler.steps", "3",
                         "--evaluation.init_args.cache_dir", str(tmp_path / name),
-                        "--evaluation.init_args.methods", json.dumps(OTHER), *launch)  # fmt: skip
+                        "--evaluation.init_args.methods", json.dumps(OTHER), *launch,
+                        *SYNONYM_ONLY)  # fmt: skip
 
 
 def leaves(tree, prefix=""):
