@@ -77,7 +77,7 @@ def test_a_bad_model_path_in_a_spawned_process_is_a_one_line_error(tmp_path):
     missing = {"gone": {"class_path": "igmu_lightning.backbone.Pretrained", "init_args": {"path": str(tmp_path / "gone")}}}
     result = run_script("evaluate.py", "--config", CONFIG, "--results_path", str(tmp_path / "r.json"), "--accelerator", "cpu",
                         "--devices", "2", "--strategy", "ddp_spawn", "--evaluation.init_args.prompts_per_class", "2", "--evaluation.init_args.sampler.steps", "1",
-                        "--evaluation.init_args.methods", json.dumps(missing), env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+                        "--evaluation.init_args.methods", json.dumps(missing), *SYNONYM_ONLY, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model path") and "gone" in last
