@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from igmu_lightning.backbone import Backbone
+from igmu_lightning.errors import IGMUError
 from igmu_lightning.sampling import SamplerSettings
 
 Judge = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) in [0, 1] -> success per image (B,) bool
@@ -76,3 +77,11 @@ class Attack:
     def to_config(self) -> dict:
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(self))}
+
+
+def preset_settings(kind: str, presets: dict[str, dict], preset: str, **given) -> dict:
+    """The preset's settings with every ``given`` value that is not None in place of its own; an
+    unknown preset is one error line naming ``kind`` and the presets there are."""
+    if preset not in presets:
+        raise IGMUError(f"unknown {kind} preset '{preset}': choose one of {', '.join(presets)}")
+    return {**presets[preset], **{key: value for key, value in given.items() if value is not None}}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, preset_settings
 from igmu_lightning.attacks.concept_images import diffusion_loss, load_concept_images, world_concept_images
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
@@ -117,8 +117,7 @@ class ConceptInversion(Attack):
         eps: float = 1e-8,
         flip_p: float = 0.5,
     ) -> None:
-        if preset not in PRESETS:
-            raise IGMUError(f"unknown concept inversion preset '{preset}': choose one of {', '.join(PRESETS)}")
+        settings = preset_settings("concept inversion", PRESETS, preset, steps=steps, lr=lr, batch_size=batch_size, n_images=n_images)
         if images is None and world_target is None:
             raise IGMUError("concept inversion needs images of the concept: give images (a folder or tensor) or world_target")
         if isinstance(templates, str) and templates not in TEMPLATES:
@@ -127,8 +126,6 @@ class ConceptInversion(Attack):
         for text in listed:
             if "{}" not in text:
                 raise IGMUError(f"caption or template '{text}' has no {{}} where the placeholder goes")
-        settings = {**PRESETS[preset], **{k: v for k, v in
-                    {"steps": steps, "lr": lr, "batch_size": batch_size, "n_images": n_images}.items() if v is not None}}  # fmt: skip
         if settings["steps"] < 1 or settings["batch_size"] < 1 or settings["n_images"] < 1:
             raise IGMUError("concept inversion steps, batch_size and n_images must be >= 1")
         self.images, self.captions, self.world_target = images, captions, world_target

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, preset_settings
 from igmu_lightning.attacks.vocab import Vocab, candidate_ids, group_text, token_text, word_groups
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.sampling import Sampler
@@ -84,11 +84,8 @@ class P4D(Attack):
         eval_draws: int = 4,
         vocab: Vocab = "words",
     ) -> None:
-        if preset not in PRESETS:
-            raise IGMUError(f"unknown P4D preset '{preset}': choose one of {', '.join(PRESETS)}")
-        given = dict(insertion=insertion, tokens=tokens, every=every, steps=steps, lr=lr, weight_decay=weight_decay,
-                     optimizer=optimizer, schedule=schedule, n_timesteps=n_timesteps)  # fmt: skip
-        values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        values = preset_settings("P4D", PRESETS, preset, insertion=insertion, tokens=tokens, every=every, steps=steps, lr=lr,
+                                 weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, n_timesteps=n_timesteps)  # fmt: skip
         if eval_every != -1:  # -1: the preset's; None: keep the last prompt
             values["eval_every"] = eval_every
         self.preset = preset

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, preset_settings
 from igmu_lightning.attacks.concept_images import diffusion_loss, load_concept_images, world_concept_images
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
@@ -62,8 +62,7 @@ class Relearning(Attack):
         batch_size: int | None = None,
         n_images: int | None = None,
     ) -> None:
-        if preset not in PRESETS:
-            raise IGMUError(f"unknown relearning preset '{preset}': choose one of {', '.join(PRESETS)}")
+        settings = preset_settings("relearning", PRESETS, preset, lr=lr, batch_size=batch_size, n_images=n_images)
         if trainable not in TRAINABLE:
             raise IGMUError(f"relearning trainable '{trainable}' is unknown: choose one of {', '.join(TRAINABLE)}")
         if images is None and world_target not in TARGETS:
@@ -71,7 +70,6 @@ class Relearning(Attack):
         ks = sorted({int(k) for k in checkpoints})
         if not ks or ks[0] < 0:
             raise IGMUError(f"relearning checkpoints must be step counts >= 0, got {list(checkpoints)}")
-        settings = {**PRESETS[preset], **{k: v for k, v in {"lr": lr, "batch_size": batch_size, "n_images": n_images}.items() if v is not None}}
         if settings["batch_size"] < 1 or settings["n_images"] < 1 or settings["lr"] <= 0:
             raise IGMUError("relearning lr, batch_size and n_images must be > 0")
         self.images, self.captions, self.world_target = images, captions, world_target

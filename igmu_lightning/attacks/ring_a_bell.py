@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, preset_settings
 from igmu_lightning.attacks.vocab import Vocab, candidate_ids, token_text
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
@@ -86,11 +86,8 @@ class RingABell(Attack):
         chunk: int = 1024,
         vocab: Vocab = "words",
     ) -> None:
-        if preset not in PRESETS:
-            raise IGMUError(f"unknown Ring-A-Bell preset '{preset}': choose one of {', '.join(PRESETS)}")
-        given = dict(population=population, generations=generations, mutation_rate=mutation_rate,
-                     crossover_rate=crossover_rate, tokens=tokens, strength=strength)  # fmt: skip
-        values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        values = preset_settings("Ring-A-Bell", PRESETS, preset, population=population, generations=generations,
+                                 mutation_rate=mutation_rate, crossover_rate=crossover_rate, tokens=tokens, strength=strength)  # fmt: skip
         self.preset = preset
         self.population: int = values["population"]
         self.generations: int = values["generations"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, preset_settings
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.sampling import Sampler, to_uint8
@@ -108,10 +108,8 @@ class UnlearnDiffAtk(Attack):
     def __init__(self, preset: str = "full", k: int | None = None, iterations: int | None = None, timesteps: int | None = None,
                  lr: float | None = None, weight_decay: float | None = None, rand_init: bool = False,
                  keep_losses: bool = False) -> None:  # fmt: skip
-        if preset not in PRESETS:
-            raise IGMUError(f"unknown UnlearnDiffAtk preset '{preset}': choose one of {', '.join(PRESETS)}")
-        given = {"k": k, "iterations": iterations, "timesteps": timesteps, "lr": lr, "weight_decay": weight_decay}
-        settings = {**PRESETS[preset], **{key: v for key, v in given.items() if v is not None}}
+        settings = preset_settings("UnlearnDiffAtk", PRESETS, preset, k=k, iterations=iterations, timesteps=timesteps, lr=lr,
+                                   weight_decay=weight_decay)  # fmt: skip
         self.preset, self.rand_init, self.keep_losses = preset, rand_init, keep_losses
         self.k, self.iterations, self.timesteps = int(settings["k"]), int(settings["iterations"]), int(settings["timesteps"])
         self.lr, self.weight_decay = float(settings["lr"]), float(settings["weight_decay"])
