@@ -4,8 +4,7 @@ kinds themselves live in ``igmu_lightning.modules.adapters`` and are named by cl
 
 from __future__ import annotations
 
-from igmu_lightning.backbone.loader import project_class
-from igmu_lightning.errors import IGMUError
+from igmu_lightning.backbone.loader import class_config, from_class_config
 
 
 class AdapterSpec:
@@ -28,13 +27,8 @@ class AdapterSpec:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     def to_config(self) -> dict:
-        cls = type(self)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(self))}
+        return class_config(self)
 
     @staticmethod
     def from_config(config: AdapterSpec | dict) -> AdapterSpec:
-        if isinstance(config, AdapterSpec):
-            return config
-        if not isinstance(config, dict) or "class_path" not in config:
-            raise IGMUError(f"an adapter must be an AdapterSpec or a class_path/init_args mapping, got {config!r}")
-        return project_class(config["class_path"], "adapter", AdapterSpec)(**config.get("init_args", {}))
+        return from_class_config(config, "adapter", AdapterSpec)

@@ -25,17 +25,16 @@ class SamplingGuidance:
         raise NotImplementedError
 
     def to_config(self) -> dict:
-        cls = type(self)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(self))}
+        from igmu_lightning.backbone.loader import class_config  # the loader reads guidance files
+
+        return class_config(self)
 
     @staticmethod
     def from_config(config: dict) -> SamplingGuidance:
         """The inverse of ``to_config``; only this project's ``SamplingGuidance`` classes."""
-        if not isinstance(config, dict) or "class_path" not in config:
-            raise IGMUError(f"a guidance must be a class_path/init_args mapping, got {config!r}")
-        from igmu_lightning.backbone.loader import project_class  # the loader reads guidance files
+        from igmu_lightning.backbone.loader import from_class_config  # the loader reads guidance files
 
-        return project_class(config["class_path"], "guidance", SamplingGuidance)(**config.get("init_args", {}))
+        return from_class_config(config, "guidance", SamplingGuidance)
 
 
 def read_guidance(folder: Path) -> SamplingGuidance | None:

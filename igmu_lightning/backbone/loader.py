@@ -48,17 +48,29 @@ class BackboneSpec:
     def to_config(self) -> dict:
         """``{"class_path", "init_args"}``, as in a YAML config: stored in checkpoints instead of a
         pickled object, so a checkpoint loads with ``torch.load(weights_only=True)``."""
-        cls = type(self)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(self))}
+        return class_config(self)
 
     @staticmethod
     def from_config(config: BackboneSpec | dict) -> BackboneSpec:
         """The inverse of ``to_config`` (only classes of this project are accepted)."""
-        if isinstance(config, BackboneSpec):
-            return config
-        if not isinstance(config, dict) or "class_path" not in config:
-            raise IGMUError(f"a backbone must be a BackboneSpec or a class_path/init_args mapping, got {config!r}")
-        return project_class(config["class_path"], "backbone", BackboneSpec)(**config.get("init_args", {}))
+        return from_class_config(config, "backbone", BackboneSpec)
+
+
+def class_config(obj) -> dict:
+    """``{"class_path", "init_args"}`` of an object whose attributes are its init arguments."""
+    cls = type(obj)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(vars(obj))}
+
+
+def from_class_config(config, kind: str, base: type):
+    """The ``base`` instance a stored ``class_config`` names (an instance passes through); only this
+    project's classes (``project_class``), with one error line for anything else."""
+    if isinstance(config, base):
+        return config
+    if not isinstance(config, dict) or "class_path" not in config:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise IGMUError(f"{article} {kind} must be a {base.__name__} or a class_path/init_args mapping, got {config!r}")
+    return project_class(config["class_path"], kind, base)(**config.get("init_args", {}))
 
 
 def project_class(class_path: str, kind: str, base: type | None = None) -> type:
