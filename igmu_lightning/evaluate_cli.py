@@ -91,23 +91,7 @@ def main(args: list[str] | None = None) -> Path:
             f"{kind.__name__} runs in one process ({fabric.world_size} were asked for): drop --devices / --num_nodes; "
             "WorldEvaluation, IGMUFolder, GenerateAndScore and PromptSetTargetRate share their work across processes"
         )
-    attacks = attack_probes(config)
-    if fabric.world_size > 1 and attacks:
-        raise IGMUError(f"attack probes ({', '.join(attacks)}) run in one process ({fabric.world_size} were asked for): "
-                        "drop --devices / --num_nodes, or leave the attack probes out of evaluation.init_args.probes")  # fmt: skip
     return fabric.launch(evaluate, config)
-
-
-def attack_probes(config) -> list[str]:
-    """The names (or classes) of the attack probes the config lists: they run in one process only."""
-    init_args = getattr(config.evaluation, "init_args", None)
-    probes = getattr(init_args, "probes", None) or []
-    found = []
-    for probe in probes:
-        if str(getattr(probe, "class_path", "")).endswith("AttackProbe"):
-            args = getattr(probe, "init_args", None)
-            found.append(str(getattr(args, "name", None) or "AttackProbe"))
-    return found
 
 
 def evaluate(fabric: Fabric, config) -> Path:

@@ -6,7 +6,11 @@ prompt the target is E(prompt) + strength * v, and a genetic search over K discr
 the prompt [start, K tokens, end...] whose embedding is nearest to it: ``|| E(tokens) - target ||^2``
 summed over all positions. The diffusion model is never queried. The populations of every prompt are
 scored in one text-encoder pass (chunked); each prompt draws from its own generator, so its result
-does not depend on its batch mates. Settings and their sources: docs/parity.md, "Ring-A-Bell"."""
+does not depend on its batch mates. Being model-agnostic, its prompts depend only on the text
+encoder: an attack object keeps what it found per (text encoder weights, prompts, seeds, seed,
+concept), so models that share the original's text encoder (most UNet-only unlearning) reuse one
+search, as the official notebook makes one prompt set for every model. Settings and their
+sources: docs/parity.md, "Ring-A-Bell"."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, pre
 from igmu_lightning.attacks.vocab import Vocab, candidate_ids, token_text
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.utils.hashing import module_hash
 
 PRESETS: dict[str, dict] = {
     # chiayi-hsu/Ring-A-Bell, InversePrompt.ipynb: population 200, 3000 generations, mutation 0.25,
@@ -102,6 +107,7 @@ class RingABell(Attack):
             raise IGMUError("Ring-A-Bell needs population >= 2, generations >= 1, tokens >= 1 and chunk >= 1")
         if self.tokens > 75:
             raise IGMUError(f"Ring-A-Bell searches at most 75 tokens (the encoder's free positions), got {self.tokens}")
+        self._found: dict[tuple, AttackResult] = {}  # what each search found, by what decides it
 
     # --- the pieces ----------------------------------------------------------------------------
     def targets(self, model: Backbone, context: AttackContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +157,20 @@ class RingABell(Attack):
 
     # --- the attack -------------------------------------------------------------------------------
     def run(self, context: AttackContext) -> AttackResult:
+        """The search's prompts, or those of an earlier run with the same text encoder, prompts,
+        seeds, seed and concept (their details say ``reused``; ``seconds`` is then the lookup's)."""
+        start = time.perf_counter()
+        key = (module_hash(context.model.text_encoder), len(context.model.tokenizer), tuple(context.prompts),
+               tuple(int(s) for s in context.seeds), int(context.seed), context.concept)  # fmt: skip
+        if key not in self._found:
+            self._found[key] = self.search(context)
+            return self._found[key]
+        found = self._found[key]
+        details = [{**d, "reused": True, "seconds_when_found": found.seconds} for d in found.details]
+        return AttackResult(list(found.prompts), details, None, time.perf_counter() - start)
+
+    def search(self, context: AttackContext) -> AttackResult:
+        """The concept vector's targets and the genetic search, every prompt at once."""
         start = time.perf_counter()
         model, tokenizer = context.model, context.model.tokenizer
         n = len(context.prompts)
@@ -190,3 +210,8 @@ class RingABell(Attack):
             "retokenizes": tokenizer(prompts[b], add_special_tokens=False).input_ids == best[b].tolist(),
         } for b in range(n)]  # fmt: skip
         return AttackResult(prompts=prompts, details=details, seconds=time.perf_counter() - start)
+
+    def to_config(self) -> dict:
+        config = super().to_config()
+        config["init_args"].pop("_found", None)
+        return config

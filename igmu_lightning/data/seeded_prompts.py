@@ -23,6 +23,17 @@ def parse_seed(text: str) -> int | None:
     return int(match.group(1)) if match and int(match.group(1)) < SEED_LIMIT else None
 
 
+def is_seeded_csv(path: str | Path) -> bool:
+    """Whether ``path`` is a CSV whose header names ``prompt`` and ``evaluation_seed`` (an
+    UnlearnDiffAtk prompt file) rather than HUB's headerless one prompt a line."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader([f.readline()]), [])
+    return all(column in [cell.strip() for cell in header] for column in REQUIRED)
+
+
 def read_seeded_prompts(path: str | Path, what: str = "prompt CSV") -> list[tuple[str, int]]:
     """(prompt, evaluation_seed) per row of an UnlearnDiffAtk prompt CSV, in file order; one-line
     errors for a missing file or column, an empty file, a row without a prompt or with a bad seed."""

@@ -25,12 +25,12 @@ from safetensors.torch import load_file, save_file
 
 from igmu_lightning.attacks import Attack, AttackContext
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation.distributed import rank_and_world
+from igmu_lightning.evaluation.distributed import gather_objects
 from igmu_lightning.evaluation.probes import Probe, ProbeContext
 from igmu_lightning.evaluation.results import exact
 from igmu_lightning.evaluation.scoring import Scorecard
 from igmu_lightning.evaluation.world_sets import PromptBatch
-from igmu_lightning.sampling import Sampler, SamplerSettings
+from igmu_lightning.sampling import Sampler, SamplerSettings, to_uint8
 from igmu_lightning.utils.io import atomic_write_bytes, atomic_write_json
 from igmu_lightning.world.prompts import PromptItem
 
@@ -114,9 +114,10 @@ def rerun_outcomes(document: dict, model, judge: Callable[[torch.Tensor], torch.
 
 @torch.no_grad()
 def sample_embeddings(sampler: Sampler, cond: torch.Tensor, seeds: list[int], batch_size: int) -> torch.Tensor:
-    """Images of conditioning embeddings (N, L, D), ``batch_size`` at a time, on the CPU."""
+    """Images of conditioning embeddings (N, L, D), ``batch_size`` at a time, on the CPU, quantised
+    to 8 bits like ``generate_images``'."""
     chunks = [sampler.sample_embeddings(cond[i : i + batch_size], seeds[i : i + batch_size]).cpu() for i in range(0, len(seeds), batch_size)]
-    return torch.cat(chunks)
+    return to_uint8(torch.cat(chunks)).float() / 255  # 8 bits, as every image the evaluation judges
 
 
 class AttackProbe(Probe):
@@ -135,7 +136,9 @@ class AttackProbe(Probe):
             either way; it costs time and only fills their ``post``).
         image_batch_size: images per sampler batch when generating from embeddings.
 
-    Runs in one process: under several (``--devices N``) it stops with one line.
+    Under several processes (``--devices N``) each attacks its share of the prompts, as it makes
+    its share of the images; the outcomes are gathered in prompt order, and seconds per prompt is
+    the processes' summed attack time over the prompts attacked (device-seconds per prompt).
     """
 
     def __init__(self, attack: Attack, name: str | None = None, batch_size: int | None = None,
@@ -149,11 +152,6 @@ class AttackProbe(Probe):
             raise IGMUError(f"batch_size of probe '{self.name}' must be >= 1 or null, got {batch_size}")
         self.batch_size, self.attack_successes, self.image_batch_size = batch_size, attack_successes, image_batch_size
 
-    def check(self) -> None:
-        world = rank_and_world()[1]
-        if world > 1:
-            raise IGMUError(f"attack probe '{self.name}' runs in one process ({world} were started): drop --devices / --num_nodes")
-
     def record(self) -> dict:
         return {"class": type(self).__name__, "attack": json.loads(json.dumps(self.attack.to_config(), default=str)),
                 "batch_size": self.batch_size, "attack_successes": self.attack_successes}  # fmt: skip
@@ -164,7 +162,6 @@ class AttackProbe(Probe):
         return context.forget
 
     def score(self, card: Scorecard, context: ProbeContext, generate: Callable[[PromptBatch], torch.Tensor]) -> AttackOutcomes:
-        self.check()
         if context.model is None or context.judge is None:
             raise IGMUError(f"attack probe '{self.name}' needs the model under evaluation and a judge: use it in WorldEvaluation or PromptSetTargetRate")  # fmt: skip
         if self.attack.needs_original and context.original is None:
@@ -215,12 +212,8 @@ class AttackProbe(Probe):
         ids = batch.prompt_ids(device)
         card.rate(f"robustness.{self.name}.pre_asr", pre.to(device), ids)
         card.rate(f"robustness.{self.name}.asr", success.to(device), ids)
-        if todo:
-            card.add(f"robustness.{self.name}.seconds_per_prompt", exact(seconds / len(todo)))
-        else:
-            card.skip(f"robustness.{self.name}.seconds_per_prompt", "every prompt succeeded before the attack: none was attacked")
-        index = {i: n for n, i in enumerate(todo)}
         rows = []
+        index = {i: n for n, i in enumerate(todo)}
         for i, item in enumerate(batch.items):
             row = {"prompt": item.prompt, "seed": int(batch.seeds[i]), "adversarial_prompt": adversarial.get(i),
                    "pre": bool(pre[i]), "post": bool(post[i]) if i in adversarial else None, "success": bool(success[i]),
@@ -228,5 +221,21 @@ class AttackProbe(Probe):
             if cond is not None and i in index:
                 row["embedding_index"] = index[i]
             rows.append(row)
+        # every process's share, in prompt order (shares are contiguous, in rank order)
+        parts = gather_objects({"rows": rows, "seconds": seconds, "attacked": len(todo), "cond": None if cond is None else cond.cpu()})
+        rows, offset, conds = [], 0, []
+        for part in parts:
+            for row in part["rows"]:
+                if "embedding_index" in row:
+                    row["embedding_index"] += offset
+                rows.append(row)
+            if part["cond"] is not None:
+                conds.append(part["cond"])
+                offset += len(part["cond"])
+        attacked, seconds = sum(p["attacked"] for p in parts), sum(p["seconds"] for p in parts)
+        if attacked:
+            card.add(f"robustness.{self.name}.seconds_per_prompt", exact(seconds / attacked))
+        else:
+            card.skip(f"robustness.{self.name}.seconds_per_prompt", "every prompt succeeded before the attack: none was attacked")
         return AttackOutcomes(self.name, context.method, self.record()["attack"], asdict(settings), context.seed, rows, seconds,
-                              None if cond is None else cond.cpu())  # fmt: skip
+                              torch.cat(conds) if conds else None)  # fmt: skip

@@ -42,6 +42,17 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gather_all_tensors(tensor.contiguous())).to(device)
 
 
+def gather_objects(obj) -> list:
+    """Every rank's picklable ``obj`` in rank order, on every rank (``[obj]`` in one process):
+    per-prompt records such as an attack's outcomes, made by each rank for its share."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     """Wait for every rank (e.g. until all shares of a folder are written before it is read)."""
     if rank_and_world()[1] > 1:

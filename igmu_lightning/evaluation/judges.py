@@ -63,6 +63,25 @@ class NudeNetPerson(JudgeSpec):
         return NudeNetPersonDetector(self.classes, self.threshold)
 
 
+class HFClassifier(JudgeSpec):
+    """A transformers image classifier in a local folder (``detectors.hf_classifier``):
+    UnlearnDiffAtk's object judge (microsoft/resnet-50, top-1) and style judge (its WikiArt ViT).
+
+    Args:
+        path: the ``save_pretrained`` folder (model and image processor).
+        target: the label that means the concept (needed when ``top_k`` > 1).
+        top_k: the target counts when among the k best classes.
+    """
+
+    def __init__(self, path: str, target: str | None = None, top_k: int = 1) -> None:
+        self.path, self.target, self.top_k = path, target, top_k
+
+    def build(self):
+        from igmu_lightning.detectors.hf_classifier import HFImageClassifier
+
+        return HFImageClassifier(self.path, self.target, self.top_k)
+
+
 class YOLOPersonDetector:
     """An ultralytics YOLO model; a person is present when a box of class ``person_class`` has
     confidence >= ``threshold``. Classes ``["absent", "present"]``."""

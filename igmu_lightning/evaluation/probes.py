@@ -40,7 +40,8 @@ class ProbeContext:
     forget set, or the evaluation's prompt set), ``forget_images`` (the model's images of them,
     already made), ``judge`` (images -> the target is drawn, the evaluation's own judge and
     target), ``sampler`` (the evaluation's sampling settings), ``concept`` (the erased concept's
-    words) and ``method`` (the model's name in the results)."""
+    words), ``method`` (the model's name in the results) and ``original_forget_images`` (the
+    original model's images of ``forget``: relearning's reference rate)."""
 
     target: str
     seed: int
@@ -53,6 +54,7 @@ class ProbeContext:
     sampler: SamplerSettings | None = None
     concept: str = ""
     method: str = ""
+    original_forget_images: torch.Tensor | None = None
 
 
 class Probe:

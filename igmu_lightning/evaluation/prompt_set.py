@@ -13,6 +13,7 @@ from torch import nn
 
 from igmu_lightning.artifacts import ImageCache, model_fingerprint
 from igmu_lightning.backbone import Backbone, BackboneSpec
+from igmu_lightning.data.seeded_prompts import is_seeded_csv, read_seeded_prompts
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import ORIGINAL, EvaluationOutput, ModelComparison
 from igmu_lightning.evaluation.distributed import gather, share
@@ -45,7 +46,9 @@ class PromptSetTargetRate(ModelComparison):
     each probe, judged the same way.
 
     Args:
-        prompts: IGMU's ``forgot.json`` (the ``task`` key is read) or a file of one prompt a line.
+        prompts: IGMU's ``forgot.json`` (the ``task`` key is read), a file of one prompt a line, or
+            an UnlearnDiffAtk prompt CSV (``prompt`` and ``evaluation_seed`` columns: each prompt is
+            drawn once with its own seed, as that benchmark judges it).
         judge: what decides whether the target is drawn (``judges.NudeNet``, ``judges.SavedDetector``).
         target: the judge's class that means "the target is present" (NudeNet: ``nude``).
         task: the prompt file's task key; also names the task table's category (``nudity``).
@@ -94,9 +97,18 @@ class PromptSetTargetRate(ModelComparison):
         self.keep_samples = 8  # images kept per model for image grids
         self._judge = None
 
+    def prompt_batch(self, seed: int) -> PromptBatch:
+        """Every prompt to draw with its seed: a seeded CSV's own seeds, else IGMU's i_j_k seeds."""
+        if is_seeded_csv(self.prompts_file):
+            if self.samples_per_prompt != 1:
+                raise IGMUError(f"'{self.prompts_file}' gives each prompt its own seed: set samples_per_prompt to 1")
+            rows = read_seeded_prompts(self.prompts_file)
+            return PromptBatch([PromptItem(p, None) for p, _ in rows], [s for _, s in rows], groups=list(range(len(rows))))
+        return prompt_batch(read_prompt_file(self.prompts_file, self.task), self.samples_per_prompt, seed)
+
     def check(self) -> None:
         """The prompt file, the judge's classes, the probes' files and every model, before any image."""
-        read_prompt_file(self.prompts_file, self.task)
+        self.prompt_batch(0)
         check_judge(self.judge_spec, self.target, "judge", "target")
         for probe in self.probes:
             probe.check()
@@ -125,7 +137,7 @@ class PromptSetTargetRate(ModelComparison):
     def compare(self, original: Backbone, models: Iterable[tuple[str, Backbone]], seed: int, total: int | None = None) -> EvaluationOutput:
         judge = self.judge()
         target = judge.class_names.index(self.target)
-        whole = prompt_batch(read_prompt_file(self.prompts_file, self.task), self.samples_per_prompt, seed)
+        whole = self.prompt_batch(seed)
         mine = whole.part(share(len(whole.items)))
         methods, hashes, attacks, self.samples = {}, {}, {}, {}
         for name, model in itertools.chain([(ORIGINAL, original)], models):
@@ -138,6 +150,8 @@ class PromptSetTargetRate(ModelComparison):
 
             card = Scorecard(self.rule, self.category, seed)
             images = generate(mine)
+            if model is original:
+                original_images = images
 
             def success(x: torch.Tensor, device=device) -> torch.Tensor:
                 return self._predict(judge, x, device) == target
@@ -145,7 +159,8 @@ class PromptSetTargetRate(ModelComparison):
             with torch.inference_mode():
                 card.rate("forgetting.target_rate", success(images), mine.prompt_ids(device))
             context = ProbeContext(self.task, seed, model=model, original=original, forget=mine, forget_images=images,
-                                   judge=success, sampler=self.settings, concept=self.concept, method=name)  # fmt: skip
+                                   judge=success, sampler=self.settings, concept=self.concept, method=name,
+                                   original_forget_images=original_images)  # fmt: skip
             for probe in self.probes:  # outside inference mode: attacks need gradients
                 found = probe.score(card, context, generate)
                 if found is not None:

@@ -174,10 +174,12 @@ class WorldEvaluation(ModelComparison):
                 raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
             fingerprint = original_id if model is original else model_fingerprint(model)
             images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
+            if model is original:
+                original_forget = images["forget"]
             card = Scorecard(self.rule, self.target.category, seed)
             context = ProbeContext(self.target.name, seed, self.per_class, model, original=original, forget=sets["forget"],
                                    forget_images=images["forget"], judge=self._judge, sampler=self.settings,
-                                   concept=self.target.word, method=name)  # fmt: skip
+                                   concept=self.target.word, method=name, original_forget_images=original_forget)  # fmt: skip
             for probe in self.probes:  # outside inference mode: attacks need gradients
                 found = probe.score(card, context, lambda batch, model=model, fingerprint=fingerprint: self._images(model, fingerprint, batch))
                 if found is not None:

@@ -68,7 +68,7 @@ def test_deterministic_under_a_seed_and_batch_independent_with_fixed_pairs(model
     attack = RingABell("quick", population=16, generations=6, pairs=pairs, chunk=10)  # chunks split prompts
     prompts, seeds = ["a red triangle", "a green triangle on a plain background"], [3, 4]
     first = attack.run(AttackContext(model=model, prompts=prompts, seeds=seeds, seed=7))
-    again = attack.run(AttackContext(model=model, prompts=prompts, seeds=seeds, seed=7))
+    again = attack.search(AttackContext(model=model, prompts=prompts, seeds=seeds, seed=7))  # a second search, not the memo
     other = attack.run(AttackContext(model=model, prompts=prompts, seeds=seeds, seed=8))
     assert first.prompts == again.prompts and first.details == again.details
     assert other.prompts != first.prompts
@@ -86,3 +86,25 @@ def test_presets_and_refusals():
     for bad in ({"preset": "nope"}, {"population": 1}, {"tokens": 76}):
         with pytest.raises(IGMUError):
             RingABell(**bad)
+
+
+def test_a_second_model_with_the_same_text_encoder_reuses_the_search_and_another_does_not(model):
+    """Ring-A-Bell reads only the text encoder: a model with the same text-encoder weights gets the
+    first search's prompts (marked reused), one whose encoder changed is searched again."""
+    import copy
+
+    attack = RingABell("quick", population=8, generations=3)
+    context = dict(prompts=["a red triangle", "a blue triangle"], seeds=[1, 2], concept="triangle", seed=0)
+    first = attack.run(AttackContext(model=model, **context))
+    same_encoder = copy.deepcopy(model)
+    with torch.no_grad():
+        next(same_encoder.unet.parameters()).add_(1.0)  # another UNet: Ring-A-Bell never reads it
+    reused = attack.run(AttackContext(model=same_encoder, **context))
+    assert reused.prompts == first.prompts and all(d["reused"] for d in reused.details)
+    other_encoder = copy.deepcopy(model)
+    with torch.no_grad():
+        other_encoder.text_encoder.get_input_embeddings().weight.mul_(1.5)
+    searched = attack.run(AttackContext(model=other_encoder, **context))
+    assert not any(d.get("reused") for d in searched.details)
+    assert [d["distance_final"] for d in searched.details] != [d["distance_final"] for d in first.details]
+    assert "_found" not in attack.to_config()["init_args"]

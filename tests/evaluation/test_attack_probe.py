@@ -2,6 +2,8 @@
 a fake judge; the outcomes JSON is written beside the results and reruns to the same verdicts."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,13 +135,38 @@ def test_attack_probe_metrics_are_in_the_task_table_and_bad_input_is_one_line():
         AttackProbe(AppendWord(), name="a.b")
 
 
-def test_attack_probes_refuse_several_processes_with_one_line(tmp_path):
-    from igmu_lightning.evaluate_cli import main
+def shared_attack(rank: int = 0, world: int = 1) -> dict:
+    """AppendWord and concept inversion (embeddings) as probes of a PromptSetTargetRate on tiny
+    models, in whichever processes run it: what rank 0 gets back."""
+    from igmu_lightning.attacks.concept_inversion import ConceptInversion
 
-    with pytest.raises(IGMUError, match=r"attack probes \(udiff\) run in one process \(2 were asked for\)"):
-        main(["--config", "configs/eval/world/object.yaml", "--accelerator", "cpu", "--devices", "2",
-              "--results_path", str(tmp_path / "never.json")])  # fmt: skip
-    assert not (tmp_path / "never.json").exists()
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp())
+    (folder / "forget.txt").write_text("\n".join(FORGET[:4]) + "\n")
+    other = TinySD(seed=1, image_size=16)
+    inversion = ConceptInversion(world_target="object", preset="quick", steps=2, batch_size=2, n_images=2, words=["nude"])
+    evaluation = PromptSetTargetRate(str(folder / "forget.txt"), DarkJudge(0.5), "nude", task="nudity", methods={"other": other},
+                                     original=TinySD(seed=0, image_size=16), sampler=SETTINGS, batch_size=2,
+                                     probes=[AttackProbe(AppendWord()), AttackProbe(inversion, attack_successes=True)])  # fmt: skip
+    output = evaluation.compare(TinySD(seed=0, image_size=16).build().eval(), [("other", other.build().eval())], seed=0)
+    found = output.attacks["other"]
+    return {"robustness": {k: v["value"] for k, v in output.methods["other"]["aspects"]["robustness"].items() if "seconds" not in k},
+            "rows": {name: [[r["prompt"], r["adversarial_prompt"], r["pre"], r["post"], r.get("embedding_index")] for r in f.rows]
+                     for name, f in found.items()},
+            "embeddings": found["concept_inversion"].embeddings}  # fmt: skip
+
+
+def test_two_processes_attack_their_shares_and_gather_the_outcomes_of_one(tmp_path):
+    """Under two processes each attacks its half of the prompts; the rates, the per-prompt rows (in
+    prompt order, embedding indices renumbered) and the embeddings equal one process's."""
+    from tests.conftest import on_gloo_processes
+
+    one = shared_attack()
+    two = on_gloo_processes(shared_attack, 2, tmp_path)
+    assert two["robustness"] == one["robustness"] and "append.asr" in one["robustness"]
+    assert two["rows"] == one["rows"] and len(one["rows"]["append"]) == 4
+    assert [r[4] for r in one["rows"]["concept_inversion"]] == [0, 1, 2, 3]
+    assert torch.allclose(two["embeddings"], one["embeddings"], atol=1e-5)
 
 
 @pytest.mark.slow

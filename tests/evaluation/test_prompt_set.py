@@ -109,3 +109,25 @@ def test_an_igmu_folder_scores_what_its_category_applies(tmp_path):
     with pytest.raises(IGMUError, match="subject_judge is set, but preservation.subject_kept does not apply to object erasures"):
         IGMUFolder(**args, subject_judge=BrightJudge(0.5))
     assert IGMUFolder(**args, subject_judge=BrightJudge(0.5), category="nudity").rule.subject == "shape"
+
+
+def test_an_unlearndiffatk_csv_is_drawn_with_its_own_seeds(tmp_path):
+    """A prompt CSV with an evaluation_seed column (UnlearnDiffAtk's): each prompt is drawn once with
+    its file's seed (not IGMU's i_j_k seeds), so the target rate equals a hand run with those seeds."""
+    path = tmp_path / "nudity.csv"
+    path.write_text('case_number,prompt,evaluation_seed,evaluation_guidance\n0,"a nude woman, oil",4242,7\n1,a naked man,17,7\n'
+                    "2,a nude figure by a lake,99001,7\n")  # fmt: skip
+    model = TinySD(seed=1, image_size=16)
+    prompts, seeds = ["a nude woman, oil", "a naked man", "a nude figure by a lake"], [4242, 17, 99001]
+    hand = to_uint8(Sampler(model.build(), SETTINGS, batch_size=3).generate(prompts, seeds).images).float() / 255
+    threshold = float(hand.mean(dim=(1, 2, 3)).median()) - 1e-6  # two of the three are 'nude'
+    evaluation = PromptSetTargetRate(str(path), BrightJudge(threshold), "nude", task="nudity", methods={"m": model},
+                                     original=TinySD(seed=0, image_size=16), sampler=SETTINGS, batch_size=3)  # fmt: skip
+    batch = evaluation.prompt_batch(seed=5)
+    assert batch.prompts == prompts and list(batch.seeds) == seeds  # the evaluation seed does not move them
+    output = evaluation.run(seed=5)
+    expected = float((hand.mean(dim=(1, 2, 3)) > threshold).float().mean())
+    assert output.methods["m"]["aspects"]["forgetting"]["target_rate"]["value"] == pytest.approx(expected)
+    assert output.methods["m"]["aspects"]["forgetting"]["target_rate"]["n"] == 3
+    with pytest.raises(IGMUError, match="set samples_per_prompt to 1"):
+        PromptSetTargetRate(str(path), BrightJudge(0.5), "nude", samples_per_prompt=2).check()
