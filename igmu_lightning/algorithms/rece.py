@@ -32,8 +32,8 @@ from igmu_lightning.utils.text import expand_braces, read_texts
 
 
 class RECE(UCE):
-    """Args (besides UCE's, which make the starting edit: erase, guide, preserve, preserve_file,
-    preserve_column, lam, erase_scale, preserve_scale, tokens; see ``UCE``):
+    """Args (besides UCE's, passed on to make the starting edit: erase, guide, preserve,
+    preserve_file, preserve_column, lam, erase_scale, preserve_scale, tokens, export_dir; see ``UCE``):
     regular_scale: lam_r of c' (0.1 nudity, 1e-3 art and hard objects, 0.1 easy objects).
     epochs: RECE epochs after the UCE edit (3 nudity, 1 art and objects).
     rece_lam, rece_erase_scale, rece_preserve_scale: lam, s_e, s_p of each epoch's edit (0.1, 1, 0.1).
@@ -50,14 +50,6 @@ class RECE(UCE):
         self,
         backbone: BackboneSpec,
         erase: list[str],
-        guide: list[str] | None = None,
-        preserve: list[str] | None = None,
-        preserve_file: str | None = None,
-        preserve_column: str = "artist",
-        lam: float = 0.5,
-        erase_scale: float = 1.0,
-        preserve_scale: float | None = None,
-        tokens: Literal["concept_and_after", "concept"] = "concept_and_after",
         regular_scale: float = 0.1,
         epochs: int = 3,
         rece_lam: float = 0.1,
@@ -71,7 +63,7 @@ class RECE(UCE):
         validation_column: str = "prompt",
         validation_sampler: SamplerSettings | None = None,
         validation_seed: int = 0,
-        export_dir: str | None = None,
+        **uce_args,
     ) -> None:
         if epochs < 1:
             raise IGMUError(f"RECE epochs must be >= 1, got {epochs}")
@@ -83,8 +75,7 @@ class RECE(UCE):
             raise IGMUError(f"unknown RECE select '{select}': choose last or best")
         if select == "best" and (judge is None or not judge_target or not (validation_prompts or validation_file)):
             raise IGMUError("RECE select: best needs judge, judge_target and validation_prompts or validation_file")
-        super().__init__(backbone, erase, guide=guide, preserve=preserve, preserve_file=preserve_file, preserve_column=preserve_column,
-                         lam=lam, erase_scale=erase_scale, preserve_scale=preserve_scale, tokens=tokens, export_dir=export_dir)  # fmt: skip
+        super().__init__(backbone, erase, **uce_args)
         self.regular_scale, self.epochs, self.select = regular_scale, epochs, select
         self.rece_lam, self.rece_s_e, self.rece_s_p = rece_lam, rece_erase_scale, rece_preserve_scale
         self.judge_spec, self.judge_target = judge, judge_target

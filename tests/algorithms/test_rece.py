@@ -136,23 +136,20 @@ def test_bad_rece_arguments(tiny_spec):
         RECE(tiny_spec, erase=["a cat"], select="best", judge=ScriptedJudge([]))
     with pytest.raises(IGMUError, match="at least one erase text"):
         RECE(tiny_spec, erase=[])
-    module = RECE(
-        tiny_spec,
-        erase=["a cat"],
-        select="best",
-        judge=ScriptedJudge([]),
-        judge_target="nude",
-        validation_prompts=["a cat"],
-    )
-    with pytest.raises(IGMUError, match=r"judge_target 'nude' is not a class of the judge \(absent, present\)"):
-        module.setup("fit")
-    module = RECE(
-        tiny_spec,
-        erase=["a cat"],
-        select="best",
-        judge=ScriptedJudge([]),
-        judge_target="present",
-        validation_file="missing.txt",
-    )
-    with pytest.raises(IGMUError, match="text file 'missing.txt' does not exist"):
+
+
+@pytest.mark.parametrize(
+    ("target", "where", "message"),
+    [
+        (
+            "nude",
+            {"validation_prompts": ["a cat"]},
+            r"judge_target 'nude' is not a class of the judge \(absent, present\)",
+        ),
+        ("present", {"validation_file": "missing.txt"}, "text file 'missing.txt' does not exist"),
+    ],
+)
+def test_a_bad_judge_or_validation_file_stops_the_run_before_the_edit(tiny_spec, target, where, message):
+    module = RECE(tiny_spec, erase=["a cat"], select="best", judge=ScriptedJudge([]), judge_target=target, **where)
+    with pytest.raises(IGMUError, match=message):
         module.setup("fit")
