@@ -24,10 +24,9 @@ from torch import nn
 
 from igmu_lightning.algorithms.uce import UCE, closed_form_edit
 from igmu_lightning.backbone import BackboneSpec
+from igmu_lightning.detectors.spec import JudgeSpec
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation.generation import generate_images
-from igmu_lightning.evaluation.judges import JudgeSpec
-from igmu_lightning.sampling import Sampler, SamplerSettings
+from igmu_lightning.sampling import Sampler, SamplerSettings, to_uint8
 from igmu_lightning.utils.text import expand_braces, read_texts
 
 
@@ -150,8 +149,8 @@ class RECE(UCE):
         prompts, judge = self.validation_prompts(), self.judge()
         was_training = self.backbone.training
         self.backbone.eval()
-        sampler = Sampler(self.backbone, self.validation_sampler)
-        images = generate_images(sampler, prompts, [self.validation_seed + i for i in range(len(prompts))])
+        seeds = [self.validation_seed + i for i in range(len(prompts))]
+        images = to_uint8(Sampler(self.backbone, self.validation_sampler).generate(prompts, seeds).images).float() / 255
         self.backbone.train(was_training)
         found = judge.predict(images.to(self.device)).cpu() == judge.class_names.index(self.judge_target)
         return found.float().mean().item()
