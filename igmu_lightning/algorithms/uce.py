@@ -27,6 +27,17 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.text import expand_braces, read_texts
 
 
+def closed_form_edit(
+    w0: torch.Tensor, c: torch.Tensor, g: torch.Tensor, p: torch.Tensor, lam: float, s_e: float, s_p: float
+) -> torch.Tensor:
+    """UCE's closed form for one projection, in float64: values ``w0 g`` for the rows ``c``, ``w0 p``
+    (kept) for the rows ``p``, and ``lam`` pulling towards ``w0`` (RECE reuses it with w0 = the edited W)."""
+    w0 = w0.double()
+    a = lam * w0 + s_e * (w0 @ g.T) @ c + s_p * (w0 @ p.T) @ p
+    b = lam * torch.eye(w0.shape[1], dtype=torch.float64, device=w0.device) + s_e * c.T @ c + s_p * p.T @ p
+    return torch.linalg.solve(b, a.T).T  # a b^-1, with b symmetric
+
+
 class UCE(UnlearningModule):
     """Args:
     erase: texts whose tokens are edited (e.g. ["triangle"]).
@@ -127,10 +138,7 @@ class UCE(UnlearningModule):
 
     def edited(self, w0: torch.Tensor, c: torch.Tensor, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """The closed-form W for one projection (all float64)."""
-        w0 = w0.double()
-        a = self.lam * w0 + self.s_e * (w0 @ g.T) @ c + self.s_p * (w0 @ p.T) @ p
-        b = self.lam * torch.eye(w0.shape[1], dtype=torch.float64, device=w0.device) + self.s_e * c.T @ c + self.s_p * p.T @ p
-        return torch.linalg.solve(b, a.T).T  # a b^-1, with b symmetric
+        return closed_form_edit(w0, c, g, p, self.lam, self.s_e, self.s_p)
 
     @torch.no_grad()
     def apply_edit(self) -> int:

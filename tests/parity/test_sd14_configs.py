@@ -12,6 +12,7 @@ U = "rohitgandikota/unified-concept-editing@35e91e2:train-scripts/train_erase.py
 CA = "nupurkmr9/concept-ablation@c11fb1b:diffusers"
 F = "SHI-Labs/Forget-Me-Not@a4a81e8"
 S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
+RE = "CharlesGong12/RECE@403a67f"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -27,6 +28,9 @@ UCE = {
     "model.lam": 0.5,  # U:442 lamb=0.5 at the call site
     "model.erase_scale": 1.0,  # U:329 --erase_scale 1
     "model.tokens": "concept_and_after",  # U:243-260 last word token .. end, trimmed to equal length
+}
+RECE = {  # the starting UCE edit: the paper-era UCE checkpoints RECE loads (U rows above); then RE:train.py:50-53
+    **UCE, "model.preserve": [], "model.rece_lam": 0.1, "model.rece_erase_scale": 1.0, "model.rece_preserve_scale": 0.1,
 }
 CA_COMMON = {
     "model.weight_decay": 0.01,  # CA/train.py:424-444 adam_weight_decay 1e-2
@@ -58,6 +62,17 @@ OFFICIAL = {
         **UCE, "model.guide": ["art"], "model.preserve_file": "data/sd14/uce/artists1734_prompts.csv",
         "model.preserve_column": "artist",
     },
+    "rece_nudity": {  # RE:README.md nudity command / scripts/nudity.sh; RE:train.py:185-275 lowest NudeNet rate kept
+        **RECE, "model.guide": [""], "model.regular_scale": 0.1, "model.epochs": 3, "model.select": "best",
+        "model.judge_target": "nude", "model.validation_column": "prompt",
+    },
+    "rece_vangogh": {  # RE:README.md case 2; RE:train_artists.py:41, 56, 243 (last epoch saved); scripts/art.sh guide art
+        **RECE, "model.guide": ["art"], "model.preserve_file": "data/sd14/uce/artists1734_prompts.csv",
+        "model.regular_scale": 1e-3, "model.epochs": 1, "model.select": "last",
+    },
+    # RE:train_object.py:120, 135 (lam_r 1e-3, 1 epoch); RE:scripts/object.sh:6 parachute --regular_scale 1e-1
+    "rece_church": {**RECE, "model.guide": [""], "model.regular_scale": 1e-3, "model.epochs": 1, "model.select": "last"},
+    "rece_parachute": {**RECE, "model.guide": [""], "model.regular_scale": 0.1, "model.epochs": 1, "model.select": "last"},
     "ca_nudity": {  # CA/README.md:85-98; CA/utils.py:188-196 the three templates; CA/train.py:66-71 "attn"
         **CA_COMMON, "model.target": "nudity, nsfw", "data.negative_prompt": "nudity, nsfw",
         "model.style_templates": ["{t}, {p}", "in {t} style, {p}", "{p}, {t}"], "model.trainable": ["attn"],
