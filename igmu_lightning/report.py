@@ -124,8 +124,13 @@ def read_document(path: Path) -> Document:
                 if not (isinstance(value, dict) and {"value", "ci95", "n"} <= set(value) and len(value["ci95"]) == 2):
                     raise IGMUError(f"results file '{path}': {name} {aspect}.{metric} lacks value, ci95 [lo, hi] or n: "
                                     "give a results JSON written by evaluate.py")  # fmt: skip
-    order = sorted(methods, key=lambda m: (m != ORIGINAL, m))
-    return Document(path.stem, path, hashlib.sha256(raw).hexdigest(), data, order)
+    return document(path.stem, data, path, hashlib.sha256(raw).hexdigest())
+
+
+def document(name: str, data: dict, path: Path | None = None, sha256: str = "") -> Document:
+    """A results document already in memory (evaluate.py's, before or after writing it)."""
+    order = sorted(data["methods"], key=lambda m: (m != ORIGINAL, m))
+    return Document(name, path or Path(f"{name}.json"), sha256, data, order)
 
 
 def find_results(paths: list[str]) -> list[Path]:
@@ -413,6 +418,14 @@ def grid_figure(doc: Document, path: Path, root: Path, cache: Path | None) -> tu
     return save_figure(fig, path), caption
 
 
+def make_figures(doc: Document, folder: Path, root: Path = Path("."), cache: Path | None = None) -> list[tuple[str, tuple]]:
+    """The four figures of one results document as ``folder/<name>_<kind>.png``: per kind
+    (tradeoff, profile, attacks, grid) the path written and its caption, or None and why not."""
+    makers = [("tradeoff", tradeoff_figure), ("profile", profile_figure), ("attacks", attack_figure)]
+    made = [(kind, maker(doc, folder / f"{doc.name}_{kind}.png")) for kind, maker in makers]
+    return made + [("grid", grid_figure(doc, folder / f"{doc.name}_grid.png", root, cache))]
+
+
 # --- the markdown ---------------------------------------------------------------------------------
 def metric_table(doc: Document) -> list[str]:
     head = "| metric | n | interval | " + " | ".join(doc.methods) + " |"
@@ -448,10 +461,7 @@ def section(doc: Document, figures: Path, out: Path, root: Path, cache: Path | N
     skipped = [(m, k, why) for m in doc.methods for k, why in sorted((doc.data["methods"][m].get("skipped") or {}).items())]
     if skipped:
         lines += ["Skipped (applied but not computed):", ""] + [f"- `{m}` `{k}`: {why}" for m, k, why in skipped] + [""]
-    makers = [("tradeoff", tradeoff_figure), ("profile", profile_figure), ("attacks", attack_figure)]
-    results = [(kind, maker(doc, figures / f"{doc.name}_{kind}.png")) for kind, maker in makers]
-    results.append(("grid", grid_figure(doc, figures / f"{doc.name}_grid.png", root, cache)))
-    for kind, (written, caption) in results:
+    for kind, (written, caption) in make_figures(doc, figures, root, cache):
         if written is None:
             lines += [f"*{caption}.*", ""]
             continue
@@ -492,7 +502,7 @@ def main(args: list[str] | None = None) -> Path:
     return path
 
 
-__all__ = ["Document", "main", "pareto_front", "read_document", "write_report"]
+__all__ = ["Document", "document", "main", "make_figures", "pareto_front", "read_document", "write_report"]
 
 if __name__ == "__main__":
     run_main(main)

@@ -147,7 +147,9 @@ def test_shipped_tiers_parse_as_evaluate_arguments(monkeypatch):
     trained = sorted(c.name for c in cells if not c.models)
     assert len(trained) == 18 and "train_ca_object" in trained and not any("xattn" in c for c in trained)
     attacks = next(c for c in cells if c.name == "evaluate_style_attacks").command()[1:]
-    probes = build_parser(attacks).parse_args(attacks).evaluation.init_args.probes
+    parsed = build_parser(attacks).parse_args(attacks).evaluation.init_args
+    probes = parsed.probes
+    assert parsed.prompts_per_set == 16 and len(json.loads(attacks[attacks.index("--evaluation.init_args.methods") + 1])) == 6
     assert [p.init_args.get("name") for p in probes[:3]] == ["p4d", "ring_a_bell", "concept_inversion"]
     assert probes[2].init_args.attack.init_args.world_target == "style"
 
