@@ -121,7 +121,8 @@ def read_document(path: Path) -> Document:
     for name, method in methods.items():
         for aspect, metrics in (method.get("aspects") or {}).items():
             for metric, value in metrics.items():
-                if not (isinstance(value, dict) and {"value", "ci95", "n"} <= set(value) and len(value["ci95"]) == 2):
+                numbers = [value.get("value"), *value.get("ci95", [])] if isinstance(value, dict) else []
+                if not (len(numbers) == 3 and all(isinstance(x, (int, float)) for x in numbers) and "n" in value):
                     raise IGMUError(f"results file '{path}': {name} {aspect}.{metric} lacks value, ci95 [lo, hi] or n: "
                                     "give a results JSON written by evaluate.py")  # fmt: skip
     return document(path.stem, data, path, hashlib.sha256(raw).hexdigest())
@@ -216,7 +217,7 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "svg.hashsalt": "igmu", "figure.dpi": 100})
+    plt.rcParams.update({"font.size": 9, "figure.dpi": 100})
     return plt
 
 

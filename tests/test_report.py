@@ -131,7 +131,8 @@ def test_no_attack_no_cache_notes(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [(None, "does not exist"), ('{"methods": {', "is not valid JSON (line 1"), ('{"run": {}}', "has no 'methods' mapping"),
-     ('{"methods": {"a": {"aspects": {"forgetting": {"target_rate": {"value": 1}}}}}}', "a forgetting.target_rate lacks")],
+     ('{"methods": {"a": {"aspects": {"forgetting": {"target_rate": {"value": 1}}}}}}', "a forgetting.target_rate lacks"),
+     ('{"methods": {"a": {"aspects": {"quality": {"fid": {"value": 1, "ci95": [null, 2], "n": 3}}}}}}', "a quality.fid lacks")],
 )  # fmt: skip
 def test_bad_results_file_is_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "r.json"
