@@ -30,6 +30,7 @@ KINDS = {
     "world": "experiment",
     "detectors": "detector",
     "unlearn": "experiment",
+    "benchmark": "benchmark",
 }
 
 
@@ -60,9 +61,14 @@ def test_every_config_folder_is_known():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_shipped_config_parses_against_the_real_signatures(path, tmp_path):
+def test_shipped_config_parses_against_the_real_signatures(path, tmp_path, monkeypatch):
     what = kind(path)
-    if what == "backbone":
+    if what == "benchmark":  # a tier of python -m igmu_lightning.benchmark: its cells, from the repository root
+        from igmu_lightning.benchmark import load_tier, plan
+
+        monkeypatch.chdir(ROOT)
+        assert plan(load_tier(str(path))[1], tmp_path)
+    elif what == "backbone":
         parser = ArgumentParser()
         parser.add_subclass_arguments(BackboneSpec, "backbone")
         spec = parser.instantiate_classes(parser.parse_args(["--backbone", str(path)])).backbone
