@@ -145,7 +145,8 @@ def test_shipped_tiers_parse_as_evaluate_arguments(monkeypatch):
     name, spec = load_tier("full")
     cells = plan(spec, Path("outputs/benchmark") / name)
     trained = sorted(c.name for c in cells if not c.models)
-    assert len(trained) == 18 and "train_ca_object" in trained and not any("xattn" in c for c in trained)
+    shipped = {f"train_{p.stem}" for t in ("object", "style", "attribute") for p in (ROOT / "configs/unlearn/world").glob(f"*_{t}.yaml")}
+    assert set(trained) == shipped and "train_ca_object" in trained and not any("xattn" in c for c in trained)
     attacks = next(c for c in cells if c.name == "evaluate_style_attacks").command()[1:]
     parsed = build_parser(attacks).parse_args(attacks).evaluation.init_args
     probes = parsed.probes
