@@ -150,7 +150,9 @@ def test_shipped_tiers_parse_as_evaluate_arguments(monkeypatch):
     attacks = next(c for c in cells if c.name == "evaluate_style_attacks").command()[1:]
     parsed = build_parser(attacks).parse_args(attacks).evaluation.init_args
     probes = parsed.probes
-    assert parsed.prompts_per_set == 16 and len(json.loads(attacks[attacks.index("--evaluation.init_args.methods") + 1])) == 6
+    assert parsed.prompts_per_set == 16 and len(json.loads(attacks[attacks.index("--evaluation.init_args.methods") + 1])) == len(
+        [c for c in shipped if c.endswith("_style")]
+    )
     assert [p.init_args.get("name") for p in probes[:3]] == ["p4d", "ring_a_bell", "concept_inversion"]
     assert probes[2].init_args.attack.init_args.world_target == "style"
 
