@@ -102,8 +102,8 @@ class MACE(UnlearningModule):
     mapping: what each concept maps to in the refinement (one, or one per concept; "" allowed).
     concept_types: ``object`` (the official: the loss sees the pixels inside the mask, object
         templates) or ``style`` (whole images, style templates); one, or one per concept.
-    templates: texts with "{}" where the concept goes ("{a,b}" alternatives expand); None: the
-        official 30 templates of each concept's type.
+    templates: texts with "{}" where the concept goes ("{a,b}" alternatives expand): one list for
+        every concept, or one list per concept; None: the official 30 templates of each concept's type.
     lam: weight of the current weights in both closed forms (1e3: the official object config).
     train_preserve_scale, fuse_preserve_scale: s of the caches in refinement (applied squared, as
         the official code does) and fusion. preserve_weight: w_d, the domain cache's weight.
@@ -123,7 +123,7 @@ class MACE(UnlearningModule):
         concepts: list[str],
         mapping: list[str],
         concept_types: list[Literal["object", "style"]] | None = None,
-        templates: list[str] | None = None,
+        templates: list[str] | list[list[str]] | None = None,
         lam: float = 1e3,
         train_preserve_scale: float = 0.0,
         fuse_preserve_scale: float = 0.0,
@@ -172,6 +172,12 @@ class MACE(UnlearningModule):
     def concept_prompts(self, i: int) -> list[tuple[str, str]]:
         """(prompt with concept i, the same prompt with its mapping) for every template."""
         templates = self.templates or (OBJECT_TEMPLATES if self.types[i] == "object" else STYLE_TEMPLATES)
+        if self.templates and not isinstance(self.templates[0], str):  # one list per concept
+            if len(self.templates) != len(self.concepts):
+                raise IGMUError(
+                    f"{len(self.templates)} template lists for {len(self.concepts)} concepts: give one list, or one per concept"
+                )
+            templates = self.templates[i]
         texts = [t for template in templates for t in expand_braces(template)]
         if not all("{}" in t for t in texts):
             raise IGMUError(
