@@ -315,15 +315,17 @@ class MACE(UnlearningModule):
     def fuse(self) -> None:
         """Fold the LoRAs into the refined weights by the closed form, then remove them."""
         unet = self.backbone.unet
-        lora_layers = {name: layer for name, layer in unet.named_modules() if layer in set(tuner_layers(unet))}
+        tuned = set(tuner_layers(unet))
+        lora_layers = {name: layer for name, layer in unet.named_modules() if layer in tuned}
         projections = self.projections()
         embeds = [self.embed([p[0] for p in pairs]).flatten(0, 1) for pairs in self.prompts]
+        grams = [e.T @ e for e in embeds]  # sum e e^T over all 77 tokens of concept i's prompts
         for (name, linear), (c1, c2) in zip(projections, self.caches(projections)):
             w = linear.weight.double()
             vk, kk = 0.0, 0.0
-            for i, e in enumerate(embeds):
+            for i, ee in enumerate(grams):
                 delta = lora_layers[name].get_delta_weight(f"mace_{i}").double()
-                vk, kk = vk + (w + delta) @ e.T @ e, kk + e.T @ e
+                vk, kk = vk + (w + delta) @ ee, kk + ee
             linear.weight.copy_(
                 closed_form(w, self.lam, [vk, self.s_fuse * c1], [kk, self.s_fuse * c2]).to(linear.weight.dtype)
             )
