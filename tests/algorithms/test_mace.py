@@ -9,6 +9,7 @@ from igmu_lightning.backbone import Pretrained
 from igmu_lightning.backbone.delta import DELTA_FILE
 from igmu_lightning.data import WorldConceptImages
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.modules.adapters import LoRA, tuner_layers
 from igmu_lightning.world.concepts import Scene
 from igmu_lightning.world.render import render, render_with_mask
 
@@ -147,6 +148,10 @@ def test_fusion_is_the_closed_form_over_all_tokens_and_removes_the_loras(tiny_sp
                 b.data = torch.randn(b.shape, generator=g) * 0.1
                 deltas[(name, i)] = (b @ a).detach().double()  # alpha = rank: scale 1
     assert len(deltas) == 16
+    a_values = torch.cat(
+        [layer.lora_A[a].weight.flatten() for layer in tuner_layers(module.backbone.unet) for a in layer.lora_A]
+    )
+    assert 0.85 < float(a_values.std()) < 1.15  # diffusers' LoRALinearLayer: A ~ N(0, 1/rank^2), rank 1
     before = base_weights(module)
     module.fuse()
     after = base_weights(module)
@@ -210,6 +215,8 @@ def test_bad_configurations_are_refused(tiny_spec):
         MACE(tiny_spec, concepts=["triangle"], mapping=["square"], templates=["a photo"])
     with pytest.raises(IGMUError, match="object or style"):
         MACE(tiny_spec, concepts=["triangle"], mapping=["square"], concept_types=["colour"])
+    with pytest.raises(IGMUError, match="LoRA init 'xavier'"):
+        LoRA(init="xavier")
     with pytest.raises(IGMUError, match="not world words"):
         WorldConceptImages(["trigon"])
     module = MACE(tiny_spec, concepts=["triangle", "striped"], mapping=["square"], templates=[TEMPLATE])
