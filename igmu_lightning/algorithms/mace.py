@@ -265,6 +265,12 @@ class MACE(UnlearningModule):
             raise IGMUError(
                 f"the data module serves {n} concepts but MACE erases {len(self.concepts)}: give one image set per concept"
             )
+        steps, max_steps = getattr(data, "steps_per_concept", None), self.trainer.max_steps
+        if steps is not None and max_steps not in (-1, None) and max_steps != steps * len(self.concepts):
+            raise IGMUError(
+                f"trainer.max_steps is {max_steps} but MACE trains {len(self.concepts)} concept(s) x {steps} steps "
+                f"(the data's steps_per_concept): set trainer.max_steps to {steps * len(self.concepts)}"
+            )
         if not self.refined:
             self.refine()
 

@@ -225,3 +225,9 @@ def test_bad_configurations_are_refused(tiny_spec):
     )
     with pytest.raises(IGMUError, match="serves 1 concepts but MACE erases 2"):
         trainer.fit(module, WorldConceptImages(["triangle"], n_images=1, steps_per_concept=1, image_size=16))
+    module = MACE(tiny_spec, concepts=["triangle"], mapping=["square"], templates=[TEMPLATE])
+    trainer = Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    with pytest.raises(IGMUError, match="max_steps is 1 but MACE trains 1 concept.s. x 2 steps"):
+        trainer.fit(module, WorldConceptImages(["triangle"], n_images=1, steps_per_concept=2, image_size=16))
