@@ -104,7 +104,8 @@ class MACE(UnlearningModule):
         templates) or ``style`` (whole images, style templates); one, or one per concept.
     templates: texts with "{}" where the concept goes ("{a,b}" alternatives expand): one list for
         every concept, or one list per concept; None: the official 30 templates of each concept's type.
-    lam: weight of the current weights in both closed forms (1e3: the official object config).
+    lam: weight of the current weights in both closed forms (1e3: the official object config; the
+        official nudity and art configs' 0 leaves the solve to the caches' invertibility).
     train_preserve_scale, fuse_preserve_scale: s of the caches in refinement (applied squared, as
         the official code does) and fusion. preserve_weight: w_d, the domain cache's weight.
     prior_cache, domain_cache: official cache files ({i}_for_mat1 / _for_mat2, i over to_v of every
