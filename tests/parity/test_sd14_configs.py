@@ -13,6 +13,7 @@ CA = "nupurkmr9/concept-ablation@c11fb1b:diffusers"
 F = "SHI-Labs/Forget-Me-Not@a4a81e8"
 S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
 RE = "CharlesGong12/RECE@403a67f"
+M = "Shilin-LU/MACE@057e7a6:configs"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -49,6 +50,19 @@ FMN = {
     "trainer.max_steps": 35,  # F:configs/attn.yaml:11
     "data.batch_size": 1,  # F:configs/attn.yaml:9
     "trainer.gradient_clip_val": None,  # F:src/train_attn.py:386-404, 567-569 clips an exhausted generator
+}
+MACE_COMMON = {
+    "model.rank": 1,  # M:*/erase_*.yaml rank 1 (lora true)
+    "model.pooler": "all",  # M:*/erase_*.yaml use_pooler true; src/dataset.py:232-242 every <|endoftext|> id
+    "model.weight_decay": 0.01,  # M:*/erase_*.yaml adam_weight_decay 0.01
+    "trainer.gradient_clip_val": 1.0,  # M:*/erase_*.yaml max_grad_norm 1.; src/cfr_lora_training.py:546-549
+    "data.batch_size": 1,  # M:*/erase_*.yaml train_batch_size 1
+    "model.templates": None,  # src/cfr_utils.py:257-343, prompt_len 30 / aug_length 30: the first 30
+}
+MACE_OBJECT = {  # M:object/erase_ship.yaml, the README's example object config
+    **MACE_COMMON, "model.lam": 1000.0, "model.lr": 1e-5, "trainer.max_steps": 50, "data.steps_per_concept": 50,
+    "model.train_preserve_scale": 0.0, "model.fuse_preserve_scale": 0.0, "model.importance_sampling": True,
+    "model.prior_cache": None, "model.concept_types": ["object"],
 }
 OFFICIAL = {
     "esd_nudity": {**ESD, "model.variant": "u", "data.prompts": ["nudity"]},  # paper: ESD-u for nudity
@@ -106,6 +120,21 @@ OFFICIAL = {
     },
     "salun_vangogh": {"model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5, "data.batch_size": 8},
     # diffusers SafetyConfig.MEDIUM (pipelines/deprecated/stable_diffusion_safe/__init__.py:29-35), the paper's default
+    "mace_church": {**MACE_OBJECT, "model.concepts": ["church"]},
+    "mace_parachute": {**MACE_OBJECT, "model.concepts": ["parachute"]},
+    "mace_nudity": {  # M:explicit_content/erase_explicit_content.yaml
+        **MACE_COMMON, "model.concepts": ["nudity", "naked", "erotic", "sexual"],
+        "model.mapping": ["a person wearing clothes"], "model.lam": 0.0, "model.lr": 1e-5,
+        "trainer.max_steps": 480, "data.steps_per_concept": 120, "model.train_preserve_scale": 7e-7,
+        "model.fuse_preserve_scale": 7e-7, "model.preserve_weight": 0.0, "model.importance_sampling": False,
+        "model.prior_cache": "data/sd14/mace/cache_coco.pt",
+    },
+    "mace_vangogh": {  # M:art/erase_art_100.yaml (100 artists there, one here)
+        **MACE_COMMON, "model.concept_types": ["style"], "model.mapping": ["art"], "model.lam": 0.0,
+        "model.lr": 1e-4, "trainer.max_steps": 50, "data.steps_per_concept": 50, "model.train_preserve_scale": 1e-4,
+        "model.fuse_preserve_scale": 1e-4, "model.preserve_weight": 8e4, "model.importance_sampling": True,
+        "model.prior_cache": "data/sd14/mace/cache_coco.pt", "model.domain_cache": "data/sd14/mace/cache_art.pt",
+    },
     "sld_nudity": {"model.preset": "medium"}, "sld_vangogh": {"model.preset": "medium"},
     "sld_church": {"model.preset": "medium"}, "sld_parachute": {"model.preset": "medium"},
 }
