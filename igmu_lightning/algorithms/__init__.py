@@ -6,10 +6,11 @@ from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.algorithms.concept_ablation import ConceptAblation
 from igmu_lightning.algorithms.esd import ESD
 from igmu_lightning.algorithms.fmn import FMN
+from igmu_lightning.algorithms.safree import SAFREE
 from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
 from igmu_lightning.algorithms.uce import UCE
 
 __all__ = [
-    "ESD", "FMN", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
+    "ESD", "FMN", "SAFREE", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
 ]
