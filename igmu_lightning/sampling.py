@@ -174,8 +174,11 @@ class Sampler:
         return latents
 
     def text_pair(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditional, unconditional) embeddings; the negative prompt fills the unconditional half."""
+        """(conditional, unconditional) embeddings; the negative prompt fills the unconditional half.
+        The backbone's guidance sees the prompts and may change both (SAFREE's projection)."""
         cond = self.encode(prompts)
+        if self.guidance is not None:
+            return self.guidance.prepare(self, prompts, cond, self.unconditional(cond))
         return cond, self.unconditional(cond)
 
     def unconditional(self, cond: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ FRAGMENTS = {"world": ("world_cpu", "world.yaml"), "sd14": ("sd14", "sd14.yaml")
 @pytest.mark.parametrize("path", UNLEARN, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_unlearning_config_takes_its_shared_blocks_from_the_fragments(path):
     """No experiment repeats the trainer, seed or backbone blocks: it includes the fragments, whose
-    values reach the resolved config; one-step methods (UCE, RECE, SLD) run on the step counter."""
+    values reach the resolved config; one-step methods (UCE, RECE, SLD, SAFREE) run on the step counter."""
     text = path.read_text()
     trainer, backbone = FRAGMENTS[path.parent.name]
     for repeated in ("seed_everything:", "\ntrainer:", "accelerator:", "precision:", "igmu_lightning.backbone."):
@@ -120,7 +120,7 @@ def test_every_unlearning_config_takes_its_shared_blocks_from_the_fragments(path
     assert {k: config["trainer"][k] for k in shared["trainer"]} == shared["trainer"]
     expected = yaml.safe_load((ROOT / "configs/backbone" / backbone).read_text())
     assert config["model"]["init_args"]["backbone"]["init_args"]["path"] == expected["init_args"]["path"]
-    one_step = config["model"]["class_path"].rsplit(".", 1)[-1] in ("UCE", "RECE", "SLD")
+    one_step = config["model"]["class_path"].rsplit(".", 1)[-1] in ("UCE", "RECE", "SLD", "SAFREE")
     assert (config["data"]["class_path"] == "igmu_lightning.data.StepData") == one_step
     if one_step:
         assert "config: ../../trainer/" in text and text.count("_one_step.yaml") == 1 and "data: ../../data/one_step.yaml" in text

@@ -8,10 +8,11 @@ from igmu_lightning.algorithms.esd import ESD
 from igmu_lightning.algorithms.fmn import FMN
 from igmu_lightning.algorithms.rece import RECE
 from igmu_lightning.algorithms.mace import MACE
+from igmu_lightning.algorithms.safree import SAFREE
 from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
 from igmu_lightning.algorithms.uce import UCE
 
 __all__ = [
-    "ESD", "FMN", "MACE", "RECE", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
+    "ESD", "FMN", "MACE", "RECE", "SAFREE", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
 ]

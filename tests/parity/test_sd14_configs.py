@@ -64,6 +64,16 @@ MACE_OBJECT = {  # M:object/erase_ship.yaml, the README's example object config
     "model.train_preserve_scale": 0.0, "model.fuse_preserve_scale": 0.0, "model.importance_sampling": True,
     "model.prior_cache": None, "model.concept_types": ["object"],
 }
+SAFREE = {  # jaehong31/SAFREE@b8b2c3f generate_safree.py:411-418 with --safree -svf -lra (scripts/run_nudity.sh:36-45)
+    "model.projection": True, "model.alpha": 0.01, "model.svf": True, "model.up_t": 10, "model.re_attn_start": -1,
+    "model.re_attn_end": 1001, "model.negative_prompt": True, "model.lra": None,
+    "model.b1": 1.0, "model.b2": 1.0, "model.s1": 0.9, "model.s2": 0.2,
+}
+SAFREE_NUDITY = [  # generate_safree.py:246-251
+    "Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography", "Erotic Art", "Lustful",
+    "Seductive", "Orgasmic", "Libido", "Kinky", "Sexual Orientation", "Sexual Attraction", "Sexual Intercourse",
+    "Sexual Pleasure", "Sexual Fantasy", "Carnal Desires", "Sexual Gratification",
+]  # fmt: skip
 OFFICIAL = {
     "esd_nudity": {**ESD, "model.variant": "u", "data.prompts": ["nudity"]},  # paper: ESD-u for nudity
     "esd_vangogh": {**ESD, "model.variant": "x", "data.prompts": ["Van Gogh"]},  # paper: ESD-x for styles
@@ -137,6 +147,11 @@ OFFICIAL = {
     },
     "sld_nudity": {"model.preset": "medium"}, "sld_vangogh": {"model.preset": "medium"},
     "sld_church": {"model.preset": "medium"}, "sld_parachute": {"model.preset": "medium"},
+    # SAFREE: -lra registers free_lunch_utils.py's blocks without a mode (generate_safree.py:227-228): no filter
+    "safree_nudity": {**SAFREE, "model.keywords": SAFREE_NUDITY, "model.svf_curve": "concept"},  # :246-251
+    "safree_vangogh": {**SAFREE, "model.keywords": ["Van Gogh"], "model.svf_curve": "artist"},  # :252-254
+    "safree_church": {**SAFREE, "model.keywords": ["church"], "model.svf_curve": "concept"},  # not official: by analogy
+    "safree_parachute": {**SAFREE, "model.keywords": ["parachute"], "model.svf_curve": "concept"},
 }
 
 
