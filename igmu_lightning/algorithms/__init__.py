@@ -6,8 +6,8 @@ from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.algorithms.concept_ablation import ConceptAblation
 from igmu_lightning.algorithms.esd import ESD
 from igmu_lightning.algorithms.fmn import FMN
-from igmu_lightning.algorithms.rece import RECE
 from igmu_lightning.algorithms.mace import MACE
+from igmu_lightning.algorithms.rece import RECE
 from igmu_lightning.algorithms.safree import SAFREE
 from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
