@@ -1,0 +1,85 @@
+"""AdvUnlearn's soft-prompt attack (Zhang et al., NeurIPS 2024, "Defensive Unlearning with Adversarial
+Training for Robust Concept Erasure in Diffusion Models"; OPTML-Group/AdvUnlearn,
+train-scripts/utils/attack_util.py ``soft_prompt_attack``, attack_type ``prefix_k``, attack_embd_type
+``word_embd``): k continuous word embeddings delta (the text encoder's width, free, not tied to the
+vocabulary) are put right after the start token, the prompt's tokens move right by k, and delta is
+optimised by Adam to minimise the caller's ``objective`` of the conditioning E([sot, delta, c, pad]):
+
+    pgd:      g_i = grad_delta objective, Adam step on g_i
+    fast_at:  the same with the gradient's sign (the official ``adv_embedding.grad.sign_()``)
+
+The official loop never zeroes delta's gradient (attack_util.py:175-212: ``loss.backward()`` then
+``attack_opt.step()``), so step i sees the running sum of the gradients (for fast_at: the sign of
+the previous signed sum plus the new gradient). ``accumulate=True`` keeps that; False zeroes it.
+AdvUnlearn's objective is ||eps(x_t, E_phi([delta, c])) - eps*(x_t, E*(c))||^2 with x_t drawn anew
+each step (``algorithms/advunlearn.py``); the attack itself knows no model but the text encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from igmu_lightning.backbone import Backbone
+from igmu_lightning.errors import IGMUError
+
+METHODS = ("pgd", "fast_at")
+
+
+def prefix_slots(ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Token ids (B, L) with k zero slots after the start token: the prompt moves right by k and
+    its last k (padding) tokens drop off the end."""
+    slots = torch.zeros(ids.shape[0], k, dtype=ids.dtype, device=ids.device)
+    return torch.cat([ids[:, :1], slots, ids[:, 1 : ids.shape[1] - k]], dim=1)
+
+
+def splice(base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Token embeddings (B, L, D) of ``prefix_slots`` ids with the slots replaced by delta (B, k, D)."""
+    k = delta.shape[1]
+    return torch.cat([base[:, :1], delta.to(base.dtype), base[:, 1 + k :]], dim=1)
+
+
+def random_vocab_init(model: Backbone, batch: int, k: int) -> torch.Tensor:
+    """The official ``init_adv`` without an initial embedding: k random vocabulary rows per prompt."""
+    table = model.text_encoder.get_input_embeddings().weight
+    ids = torch.randint(0, table.shape[0], (batch, k))
+    return table.detach()[ids.to(table.device)].clone()
+
+
+def soft_prompt_attack(
+    model: Backbone,
+    prompts: list[str],
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    delta: torch.Tensor,
+    steps: int = 30,
+    lr: float = 1e-3,
+    method: Literal["pgd", "fast_at"] = "pgd",
+    accumulate: bool = True,
+) -> tuple[torch.Tensor, list[float]]:
+    """Optimise delta (B, k, D) from its given value; returns it (detached) and each step's loss.
+    ``objective`` maps the conditioning (B, L, D) of the prefixed prompts to a scalar to minimise.
+    Only delta receives gradients: the model's own tensors are left as they are."""
+    if method not in METHODS:
+        raise IGMUError(f"unknown soft-prompt attack method '{method}': choose one of {', '.join(METHODS)}")
+    if steps < 0 or delta.ndim != 3 or delta.shape[0] != len(prompts):
+        raise IGMUError(
+            f"soft-prompt attack needs steps >= 0 and delta (B={len(prompts)}, k, D), got {steps} and {tuple(delta.shape)}"
+        )
+    ids = prefix_slots(model.tokenize(prompts), delta.shape[1])
+    with torch.no_grad():
+        base = model.token_embeddings(ids)
+    delta = delta.detach().clone().to(base.device).requires_grad_(True)
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    grad, losses = torch.zeros_like(delta), []
+    for _ in range(steps):
+        with torch.enable_grad():
+            loss = objective(model.encode_embeddings(splice(base, delta), ids))
+            (g,) = torch.autograd.grad(loss, [delta])
+        grad = grad + g if accumulate else g
+        if method == "fast_at":
+            grad = grad.sign()
+        delta.grad = grad.clone()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return delta.detach(), losses
