@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from igmu_lightning.algorithms.esd import ESD
-from igmu_lightning.attacks.soft_prompt import METHODS, prefix_slots, random_vocab_init, soft_prompt_attack, splice
+from igmu_lightning.attacks.soft_prompt import METHODS, prefixed_ids, random_vocab_init, soft_prompt_attack, splice
 from igmu_lightning.backbone import BackboneSpec
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.utils.text import expand_braces, read_texts
@@ -49,6 +49,8 @@ class AdvUnlearn(ESD):
     adv_prompt_update_step: attack every this many iterations (1); between, the last delta is reused.
     warmup_iter: iterations of plain ESD before the first attack (200).
     accumulate_attack_grad: the official never-zeroed attack gradient (``attacks.soft_prompt``).
+    prompt_length: where the prompt ends when delta is put in front: ``tokens`` (ours: the whole
+        prompt) or ``words`` (the official ``len(word.split())``: "nudity", two tokens, loses "dity").
     negative_guidance, start_guidance, ddim_steps, timestep_mapping: ESD's (1, 3, 50, compvis).
     lr: Adam's (None: 1e-5). One iteration is one optimizer step in ``reg`` mode, 1 + retain_step in ``iter``.
     """
@@ -73,6 +75,7 @@ class AdvUnlearn(ESD):
         adv_prompt_update_step: int = 1,
         warmup_iter: int = 200,
         accumulate_attack_grad: bool = True,
+        prompt_length: Literal["tokens", "words"] = "tokens",
         negative_guidance: float = 1.0,
         start_guidance: float = 3.0,
         ddim_steps: int = 50,
@@ -128,6 +131,9 @@ class AdvUnlearn(ESD):
             warmup_iter,
             accumulate_attack_grad,
         )
+        if prompt_length not in ("tokens", "words"):
+            raise IGMUError(f"unknown AdvUnlearn prompt_length '{prompt_length}': choose tokens or words (the official count)")
+        self.prompt_length = prompt_length
         self.delta: torch.Tensor | None = None  # the latest soft prompt (B, k, D)
         self.iteration, self._unseen = 0, []
 
@@ -167,7 +173,7 @@ class AdvUnlearn(ESD):
             if self.attack_init == "latest" and self.delta is not None
             else random_vocab_init(self.backbone, len(concepts), self.k)
         )
-        self.delta, losses = soft_prompt_attack(self.backbone, concepts, objective, start, self.attack_step, self.attack_lr, self.attack_method, self.accumulate)  # fmt: skip
+        self.delta, losses = soft_prompt_attack(self.backbone, concepts, objective, start, self.attack_step, self.attack_lr, self.attack_method, self.accumulate, self.prompt_length)  # fmt: skip
         return losses
 
     def loss(
@@ -178,7 +184,7 @@ class AdvUnlearn(ESD):
         if self.delta is None:  # warm-up: the plain concept
             student = self.backbone.encode_prompts(concepts)
         else:
-            ids = prefix_slots(self.backbone.tokenize(concepts), self.k)
+            ids = prefixed_ids(self.backbone, concepts, self.k, self.prompt_length)
             student = self.backbone.encode_embeddings(splice(self.backbone.token_embeddings(ids), self.delta), ids)
         prediction = self.backbone.unet(x_t, t, encoder_hidden_states=student).sample
         loss = F.mse_loss(prediction.float(), self.esd_target(x_t, t, c, null, null).float())

@@ -27,11 +27,25 @@ from igmu_lightning.errors import IGMUError
 METHODS = ("pgd", "fast_at")
 
 
-def prefix_slots(ids: torch.Tensor, k: int) -> torch.Tensor:
-    """Token ids (B, L) with k zero slots after the start token: the prompt moves right by k and
-    its last k (padding) tokens drop off the end."""
+def prefix_slots(ids: torch.Tensor, k: int, lengths: list[int] | None = None) -> torch.Tensor:
+    """Token ids (B, L) with k zero slots after the start token. Without ``lengths`` the prompt
+    moves right by k and its last k (padding) tokens drop off the end. With ``lengths`` (the
+    official ``split_id``, attack_util.py:224-230) row i keeps its first lengths[i] tokens after the
+    start token and drops the k after them: with lengths counted in words (the official
+    ``len(word.split())``) a word of several tokens loses its last ones ("nudity" is "nu" "dity")."""
     slots = torch.zeros(ids.shape[0], k, dtype=ids.dtype, device=ids.device)
-    return torch.cat([ids[:, :1], slots, ids[:, 1 : ids.shape[1] - k]], dim=1)
+    if lengths is None:
+        return torch.cat([ids[:, :1], slots, ids[:, 1 : ids.shape[1] - k]], dim=1)
+    rows = [torch.cat([row[:1], slots[0], row[1 : 1 + n], row[1 + n + k :]]) for row, n in zip(ids, lengths)]
+    return torch.stack(rows)
+
+
+def prefixed_ids(model: Backbone, prompts: list[str], k: int, prompt_length: Literal["tokens", "words"] = "tokens"):
+    """``prefix_slots`` of the prompts' ids, the prompt's length counted in tokens or in words."""
+    if prompt_length not in ("tokens", "words"):
+        raise IGMUError(f"unknown prompt_length '{prompt_length}': choose tokens or words (the official count)")
+    lengths = [len(p.split()) for p in prompts] if prompt_length == "words" else None
+    return prefix_slots(model.tokenize(prompts), k, lengths)
 
 
 def splice(base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -56,17 +70,19 @@ def soft_prompt_attack(
     lr: float = 1e-3,
     method: Literal["pgd", "fast_at"] = "pgd",
     accumulate: bool = True,
+    prompt_length: Literal["tokens", "words"] = "tokens",
 ) -> tuple[torch.Tensor, list[float]]:
     """Optimise delta (B, k, D) from its given value; returns it (detached) and each step's loss.
     ``objective`` maps the conditioning (B, L, D) of the prefixed prompts to a scalar to minimise.
-    Only delta receives gradients: the model's own tensors are left as they are."""
+    Only delta receives gradients: the model's own tensors are left as they are. ``prompt_length``:
+    ``tokens`` keeps the whole prompt, ``words`` the official layout (``prefix_slots``)."""
     if method not in METHODS:
         raise IGMUError(f"unknown soft-prompt attack method '{method}': choose one of {', '.join(METHODS)}")
     if steps < 0 or delta.ndim != 3 or delta.shape[0] != len(prompts):
         raise IGMUError(
             f"soft-prompt attack needs steps >= 0 and delta (B={len(prompts)}, k, D), got {steps} and {tuple(delta.shape)}"
         )
-    ids = prefix_slots(model.tokenize(prompts), delta.shape[1])
+    ids = prefixed_ids(model, prompts, delta.shape[1], prompt_length)
     with torch.no_grad():
         base = model.token_embeddings(ids)
     delta = delta.detach().clone().to(base.device).requires_grad_(True)

@@ -139,3 +139,15 @@ def test_bad_advunlearn_arguments(tiny_spec, tmp_path):
         "a dog",
         "a bus",
     ]
+
+
+def test_prompt_length_in_words_drops_the_tokens_past_the_word_count(tiny_spec):
+    from igmu_lightning.attacks.soft_prompt import prefixed_ids
+
+    model = AdvUnlearn(tiny_spec, retain_prompts=["a dog"]).backbone
+    ids = model.tokenize(["nudity", "a red dog"])  # "nudity" is two CLIP tokens ("nu", "dity"), one word
+    sot, nu, dity, eos = ids[0, :4].tolist()
+    words, tokens = prefixed_ids(model, ["nudity", "a red dog"], 1, "words"), prefixed_ids(model, ["nudity", "a red dog"], 1)
+    assert dity != eos and words[0, :4].tolist() == [sot, 0, nu, eos]  # the official split: "dity" is gone
+    assert tokens[0, :5].tolist() == [sot, 0, nu, dity, eos] and words.shape == tokens.shape == ids.shape
+    assert torch.equal(words[1], tokens[1])  # one token a word: the two layouts agree
