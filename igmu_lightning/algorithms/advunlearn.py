@@ -91,51 +91,30 @@ class AdvUnlearn(ESD):
             raise IGMUError(f"unknown AdvUnlearn attack_method '{attack_method}': choose one of {', '.join(METHODS)}")
         if attack_init not in ("random", "latest"):
             raise IGMUError(f"unknown AdvUnlearn attack_init '{attack_init}': choose random or latest")
-        if (
-            min(retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step) < 1
-            or min(attack_step, warmup_iter) < 0
-        ):
-            raise IGMUError(
-                "AdvUnlearn needs retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step >= 1 and attack_step, warmup_iter >= 0"
-            )
+        if min(retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step) < 1 or min(attack_step, warmup_iter) < 0:
+            raise IGMUError("AdvUnlearn needs retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step >= 1 and attack_step, warmup_iter >= 0")  # fmt: skip
         super().__init__(backbone, variant="text_encoder_full", negative_guidance=negative_guidance, start_guidance=start_guidance,
                          ddim_steps=ddim_steps, sample_with="frozen", timestep_mapping=timestep_mapping, lr=lr,
                          export_dir=export_dir, optimizer=optimizer, lr_scheduler=lr_scheduler)  # fmt: skip
         self.save_hyperparameters()
         self.automatic_optimization = False
         if not (retain_prompts or retain_file):
-            raise IGMUError(
-                "AdvUnlearn needs retain prompts: give retain_prompts or retain_file (the official coco_object_retain.csv)"
-            )
-        self.retain_entries, self.retain_file, self.retain_column = (
-            list(retain_prompts or []),
-            retain_file,
-            retain_column,
-        )
-        self._retain: list[str] | None = None
-        self.retain_train, self.w, self.retain_batch, self.retain_step = (
-            retain_train,
-            retain_loss_w,
-            retain_batch,
-            retain_step,
-        )
-        self.attack_method, self.attack_init, self.attack_step, self.attack_lr = (
-            attack_method,
-            attack_init,
-            attack_step,
-            attack_lr,
-        )
-        self.k, self.update_every, self.warmup, self.accumulate = (
-            adv_prompt_num,
-            adv_prompt_update_step,
-            warmup_iter,
-            accumulate_attack_grad,
-        )
+            raise IGMUError("AdvUnlearn needs retain prompts: give retain_prompts or retain_file (the official coco_object_retain.csv)")  # fmt: skip
         if prompt_length not in ("tokens", "words"):
-            raise IGMUError(f"unknown AdvUnlearn prompt_length '{prompt_length}': choose tokens or words (the official count)")
-        self.prompt_length = prompt_length
+            raise IGMUError(f"unknown AdvUnlearn prompt_length '{prompt_length}': choose tokens or words (the official count)")  # fmt: skip
+        self.retain_entries, self.retain_file, self.retain_column = list(retain_prompts or []), retain_file, retain_column  # fmt: skip
+        self.retain_train, self.w, self.retain_batch, self.retain_step = retain_train, retain_loss_w, retain_batch, retain_step  # fmt: skip
+        self.attack_method, self.attack_init, self.attack_step, self.attack_lr = attack_method, attack_init, attack_step, attack_lr  # fmt: skip
+        self.k, self.update_every, self.warmup = adv_prompt_num, adv_prompt_update_step, warmup_iter
+        self.accumulate, self.prompt_length = accumulate_attack_grad, prompt_length
         self.delta: torch.Tensor | None = None  # the latest soft prompt (B, k, D)
-        self.iteration, self._unseen = 0, []
+        self._retain: list[str] | None = None
+        self._unseen: list[int] = []
+
+    @property
+    def iteration(self) -> int:
+        """Iterations done: optimizer steps (Lightning's global step), 1 + retain_step of them an iteration in ``iter``."""
+        return self.global_step // (1 + self.retain_step if self.retain_train == "iter" else 1)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -211,7 +190,6 @@ class AdvUnlearn(ESD):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(concepts))
         for _ in range(self.retain_step if self.retain_train == "iter" else 0):
             self._step(optimizer, self.retain_loss(self.draw_retain(), int(torch.randint(0, self.ddim_steps, ()))))
-        self.iteration += 1
 
     def _step(self, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad()

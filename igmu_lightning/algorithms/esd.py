@@ -117,14 +117,8 @@ class ESD(UnlearningModule):
         sampler = self.teacher_sampler(self.sampling)
         if self.sample_with == "trained":
             sampler.unet = self.backbone.unet
-        scheduler = sampler.make_scheduler()
         seeds = torch.randint(0, 2**31 - 1, (batch,)).tolist()  # from the seeded global RNG
-        generators = sampler.generators(seeds)
-        with torch.no_grad():
-            latents = sampler.initial_latents(generators, scheduler)
-            latents = sampler.denoise(latents, c, null, scheduler, generators, stop_after=k, start=start)
-        t = scheduler.timesteps[min(start + k, len(scheduler.timesteps) - 1)].repeat(batch)  # at the end: ~x_0
-        return latents, t
+        return sampler.partial(c, null, k, seeds, start=start)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         concepts = list(batch["prompt"])

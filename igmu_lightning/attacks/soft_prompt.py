@@ -12,17 +12,23 @@ The official loop never zeroes delta's gradient (attack_util.py:175-212: ``loss.
 ``attack_opt.step()``), so step i sees the running sum of the gradients (for fast_at: the sign of
 the previous signed sum plus the new gradient). ``accumulate=True`` keeps that; False zeroes it.
 AdvUnlearn's objective is ||eps(x_t, E_phi([delta, c])) - eps*(x_t, E*(c))||^2 with x_t drawn anew
-each step (``algorithms/advunlearn.py``); the attack itself knows no model but the text encoder."""
+each step (``algorithms/advunlearn.py``); ``soft_prompt_attack`` knows no model but the text
+encoder. ``SoftPromptAttack`` is the same attack for the evaluation (``AttackProbe``), with that
+objective against the model before unlearning."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
+from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
+from igmu_lightning.sampling import Sampler, SamplerSettings
 
 METHODS = ("pgd", "fast_at")
 
@@ -99,3 +105,63 @@ def soft_prompt_attack(
         optimizer.step()
         losses.append(float(loss.detach()))
     return delta.detach(), losses
+
+
+class SoftPromptAttack(Attack):
+    """AdvUnlearn's attack as an evaluation attack (an embedding-space one: its result is the
+    conditioning to generate with). Objective: ||eps(x_t, E([delta, c])) - eps*(x_t, E*(c))||^2 with
+    x_t from ``ddim_steps``-step DDIM sampling of the original model (CFG ``start_guidance``) stopped
+    after k ~ U{0..ddim_steps-1} steps and queried at the timestep it sits at (ESD's ``aligned``
+    mapping; AdvUnlearn's training uses the compvis one), eps from the model under attack, eps* and
+    E* from the original. Random draws come from ``context.seed``; the readable prompt puts delta's
+    nearest vocabulary token (Euclidean) in front of the prompt.
+
+    Args: k (1), steps (30), lr (1e-3), method (pgd / fast_at), accumulate (the official
+    never-zeroed gradient), prompt_length (tokens / words), ddim_steps (50), start_guidance (3)."""
+
+    name = "softprompt"
+    needs_original = True
+
+    def __init__(self, k: int = 1, steps: int = 30, lr: float = 1e-3, method: str = "pgd", accumulate: bool = True,
+                 prompt_length: str = "tokens", ddim_steps: int = 50, start_guidance: float = 3.0) -> None:  # fmt: skip
+        if method not in METHODS or prompt_length not in ("tokens", "words") or min(k, steps, ddim_steps) < 1:
+            raise IGMUError(f"soft-prompt attack: method pgd/fast_at, prompt_length tokens/words, k, steps, ddim_steps >= 1; got {method}, {prompt_length}, {k}, {steps}, {ddim_steps}")  # fmt: skip
+        self.k, self.steps, self.lr, self.method, self.accumulate = k, steps, lr, method, accumulate
+        self.prompt_length, self.ddim_steps, self.start_guidance = prompt_length, ddim_steps, start_guidance
+
+    def run(self, context: AttackContext) -> AttackResult:
+        model, original, n = context.model, context.original, len(context.prompts)
+        if original is None:
+            raise IGMUError(
+                "the soft-prompt attack needs the model before unlearning (AttackContext.original): it gives the targets"
+            )
+        start = time.perf_counter()
+        if n == 0:
+            return AttackResult([], [], seconds=0.0)
+        teacher = Sampler(original, SamplerSettings(steps=self.ddim_steps, guidance_scale=self.start_guidance))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            with torch.no_grad():
+                c, null = original.encode_prompts(context.prompts), original.encode_prompts([""] * n)
+
+            def objective(cond: torch.Tensor) -> torch.Tensor:
+                seeds = torch.randint(0, 2**31 - 1, (n,)).tolist()
+                x_t, t = teacher.partial(c, null, int(torch.randint(0, self.ddim_steps, ())), seeds)
+                with torch.no_grad():
+                    target = original.unet(x_t, t, encoder_hidden_states=c).sample
+                return F.mse_loss(model.unet(x_t, t, encoder_hidden_states=cond).sample.float(), target.float())
+
+            delta, losses = soft_prompt_attack(model, context.prompts, objective, random_vocab_init(model, n, self.k),
+                                               self.steps, self.lr, self.method, self.accumulate, self.prompt_length)  # fmt: skip
+        ids = prefixed_ids(model, context.prompts, self.k, self.prompt_length)
+        with torch.no_grad():
+            embeddings = model.encode_embeddings(splice(model.token_embeddings(ids), delta), ids)
+            table = model.text_encoder.get_input_embeddings().weight
+            nearest = (
+                torch.cdist(delta.reshape(-1, delta.shape[-1]).to(table.dtype), table).argmin(-1).reshape(n, self.k)
+            )
+        texts = [
+            f"{model.tokenizer.decode(row.tolist()).strip()} {p}" for row, p in zip(nearest.cpu(), context.prompts)
+        ]
+        details = [{"nearest_ids": row.tolist(), "final_loss": losses[-1]} for row in nearest.cpu()]
+        return AttackResult(texts, details, embeddings=embeddings, seconds=time.perf_counter() - start)

@@ -147,7 +147,38 @@ def test_prompt_length_in_words_drops_the_tokens_past_the_word_count(tiny_spec):
     model = AdvUnlearn(tiny_spec, retain_prompts=["a dog"]).backbone
     ids = model.tokenize(["nudity", "a red dog"])  # "nudity" is two CLIP tokens ("nu", "dity"), one word
     sot, nu, dity, eos = ids[0, :4].tolist()
-    words, tokens = prefixed_ids(model, ["nudity", "a red dog"], 1, "words"), prefixed_ids(model, ["nudity", "a red dog"], 1)
+    words, tokens = (
+        prefixed_ids(model, ["nudity", "a red dog"], 1, "words"),
+        prefixed_ids(model, ["nudity", "a red dog"], 1),
+    )
     assert dity != eos and words[0, :4].tolist() == [sot, 0, nu, eos]  # the official split: "dity" is gone
     assert tokens[0, :5].tolist() == [sot, 0, nu, dity, eos] and words.shape == tokens.shape == ids.shape
     assert torch.equal(words[1], tokens[1])  # one token a word: the two layouts agree
+
+
+def test_soft_prompt_attack_for_the_evaluation_is_seeded_and_returns_embeddings(tiny_spec):
+    from igmu_lightning.attacks import AttackContext, SoftPromptAttack
+
+    model = tiny_spec.build()
+    attack = SoftPromptAttack(k=2, steps=2, lr=0.05, ddim_steps=4)
+    context = AttackContext(model=model, prompts=["a cat", "a red dog"], seeds=[0, 1], original=model, seed=3)
+    first, second = attack.run(context), attack.run(context)
+    assert first.embeddings.shape == (2, 77, 32) and torch.equal(first.embeddings, second.embeddings)
+    assert first.prompts == second.prompts and first.prompts[1].endswith(" a red dog")
+    with torch.no_grad():  # the conditioning is the prompt behind the soft prompt, not the prompt alone
+        assert not torch.allclose(first.embeddings, model.encode_prompts(["a cat", "a red dog"]))
+    with pytest.raises(IGMUError, match="before unlearning"):
+        attack.run(AttackContext(model=model, prompts=["a cat"], seeds=[0]))
+    with pytest.raises(IGMUError, match="soft-prompt attack"):
+        SoftPromptAttack(method="free_at")
+
+
+def test_iter_mode_takes_a_retain_step_after_each_defence_step(tiny_spec):
+    module = AdvUnlearn(
+        tiny_spec, retain_prompts=["a red dog"], retain_batch=1, retain_train="iter", warmup_iter=5, ddim_steps=4
+    )
+    calls = []
+    retain_loss = module.retain_loss
+    module.retain_loss = lambda retain, k: calls.append(retain) or retain_loss(retain, k)
+    fit(module, steps=4)  # 4 optimizer steps: 2 iterations of (defence, retain)
+    assert module.iteration == 2 and calls == [["a red dog"], ["a red dog"]] and module.delta is None  # still warm-up
