@@ -91,7 +91,10 @@ class AdvUnlearn(ESD):
             raise IGMUError(f"unknown AdvUnlearn attack_method '{attack_method}': choose one of {', '.join(METHODS)}")
         if attack_init not in ("random", "latest"):
             raise IGMUError(f"unknown AdvUnlearn attack_init '{attack_init}': choose random or latest")
-        if min(retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step) < 1 or min(attack_step, warmup_iter) < 0:
+        if (
+            min(retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step) < 1
+            or min(attack_step, warmup_iter) < 0
+        ):
             raise IGMUError("AdvUnlearn needs retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step >= 1 and attack_step, warmup_iter >= 0")  # fmt: skip
         super().__init__(backbone, variant="text_encoder_full", negative_guidance=negative_guidance, start_guidance=start_guidance,
                          ddim_steps=ddim_steps, sample_with="frozen", timestep_mapping=timestep_mapping, lr=lr,
