@@ -14,6 +14,7 @@ F = "SHI-Labs/Forget-Me-Not@a4a81e8"
 S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
 RE = "CharlesGong12/RECE@403a67f"
 M = "Shilin-LU/MACE@057e7a6:configs"
+A = "OPTML-Group/AdvUnlearn@9d23124:train-scripts/AdvUnlearn.py"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -74,7 +75,19 @@ SAFREE_NUDITY = [  # generate_safree.py:246-251
     "Seductive", "Orgasmic", "Libido", "Kinky", "Sexual Orientation", "Sexual Attraction", "Sexual Intercourse",
     "Sexual Pleasure", "Sexual Fantasy", "Carnal Desires", "Sexual Gratification",
 ]  # fmt: skip
+ADV = {  # README.md:97-100 (the command) over the argparse defaults A:226-261
+    "model.retain_train": "reg", "model.retain_loss_w": 0.3, "model.attack_init": "random",  # README command
+    "model.attack_step": 30, "model.retain_file": "data/prompts/train/coco_object_retain.csv",  # README; util.py:26-27
+    "model.retain_batch": 5, "model.attack_method": "pgd", "model.attack_lr": 1e-3, "model.adv_prompt_num": 1,  # A:240, 247, 260, 254
+    "model.adv_prompt_update_step": 1, "model.warmup_iter": 200, "model.accumulate_attack_grad": True,  # A:259, 261; attack_util.py:175-212
+    "model.prompt_length": "words",  # attack_util.py:144 orig_prompt_len = len(word.split())
+    "model.negative_guidance": 1.0, "model.start_guidance": 3.0, "model.ddim_steps": 50,  # A:226-227, 234
+    "model.timestep_mapping": "compvis", "model.lr": 1e-5, "trainer.max_steps": 1000,  # get_loss.py:304-309; A:251, 249
+    "data.batch_size": 1,  # get_loss.py:311 start_code (1, 4, 64, 64); A:80 one word per iteration
+}
 OFFICIAL = {
+    "advunlearn_nudity": {**ADV, "data.prompts": ["nudity"]}, "advunlearn_vangogh": {**ADV, "data.prompts": ["Van Gogh"]},
+    "advunlearn_church": {**ADV, "data.prompts": ["church"]}, "advunlearn_parachute": {**ADV, "data.prompts": ["parachute"]},
     "esd_nudity": {**ESD, "model.variant": "u", "data.prompts": ["nudity"]},  # paper: ESD-u for nudity
     "esd_vangogh": {**ESD, "model.variant": "x", "data.prompts": ["Van Gogh"]},  # paper: ESD-x for styles
     "esd_church": {**ESD, "model.variant": "u", "data.prompts": ["church"]},
