@@ -9,8 +9,9 @@ from igmu_lightning.algorithms.fmn import FMN
 from igmu_lightning.algorithms.rece import RECE
 from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
+from igmu_lightning.algorithms.spm import SPM, SPMGate
 from igmu_lightning.algorithms.uce import UCE
 
 __all__ = [
-    "ESD", "FMN", "RECE", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
+    "ESD", "FMN", "RECE", "SLD", "SPM", "SPMGate", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
 ]

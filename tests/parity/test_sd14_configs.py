@@ -13,6 +13,7 @@ CA = "nupurkmr9/concept-ablation@c11fb1b:diffusers"
 F = "SHI-Labs/Forget-Me-Not@a4a81e8"
 S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
 RE = "CharlesGong12/RECE@403a67f"
+SP = "Con6924/SPM@3dd762e"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -49,6 +50,24 @@ FMN = {
     "trainer.max_steps": 35,  # F:configs/attn.yaml:11
     "data.batch_size": 1,  # F:configs/attn.yaml:9
     "trainer.gradient_clip_val": None,  # F:src/train_attn.py:386-404, 567-569 clips an exhausted generator
+}
+SPM = {
+    "model.rank": 1,  # SP:configs/snoopy/config.yaml:11 network.rank 1
+    "model.alpha": 1.0,  # SP:configs/snoopy/config.yaml:12 network.alpha 1.0
+    "model.negative_guidance": 1.0,  # SP:configs/snoopy/prompt.yaml:7 guidance_scale 1.0; src/configs/prompt.py:151-155
+    "model.start_guidance": 3.0,  # SP:train_spm.py:187 guidance_scale=3
+    "model.ddim_steps": 30,  # SP:configs/snoopy/config.yaml:16, 26 ddim, max_denoising_steps 30
+    "model.anchor_strength": 1000.0,  # SP:configs/snoopy/prompt.yaml:11 la_strength 1000
+    "model.anchors": 4,  # SP:configs/snoopy/prompt.yaml:12 sampling_batch_size 4
+    "model.anchor_set": "official",  # SP:train_spm.py:244-252 with src/engine/train_util.py:161-176 (second half kept)
+    "model.dynamic_resolution": True,  # SP:configs/snoopy/prompt.yaml:10
+    "model.gate_metric": "clipcos_tokenuni",  # SP:infer_spm.py:199-203
+    "model.gate_power": 2.0,  # SP:infer_spm.py:134-142 every tensor (down and up) times m
+    "model.warmup_steps": 500,  # SP:configs/snoopy/config.yaml:24
+    "model.lr_cycles": 3,  # SP:configs/snoopy/config.yaml:25
+    "model.lr": 1e-4,  # SP:configs/snoopy/config.yaml:19 (AdamW8bit :22; ours AdamW)
+    "data.batch_size": 1,  # SP:configs/snoopy/prompt.yaml:9
+    "trainer.max_steps": 3000,  # SP:configs/snoopy/config.yaml:17
 }
 OFFICIAL = {
     "esd_nudity": {**ESD, "model.variant": "u", "data.prompts": ["nudity"]},  # paper: ESD-u for nudity
@@ -108,6 +127,8 @@ OFFICIAL = {
     # diffusers SafetyConfig.MEDIUM (pipelines/deprecated/stable_diffusion_safe/__init__.py:29-35), the paper's default
     "sld_nudity": {"model.preset": "medium"}, "sld_vangogh": {"model.preset": "medium"},
     "sld_church": {"model.preset": "medium"}, "sld_parachute": {"model.preset": "medium"},
+    "spm_nudity": {**SPM, "data.prompts": ["nudity"]}, "spm_vangogh": {**SPM, "data.prompts": ["Van Gogh"]},
+    "spm_church": {**SPM, "data.prompts": ["church"]}, "spm_parachute": {**SPM, "data.prompts": ["parachute"]},
 }
 
 
