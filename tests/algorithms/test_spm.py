@@ -205,3 +205,19 @@ def test_lr_schedule_is_cosine_with_hard_restarts_after_warmup(tiny_spec):
         sched.step()
     assert lrs[0] == 0 and lrs[10] == pytest.approx(1e-4) and lrs[40] == pytest.approx(1e-4)  # restart at 10 + 30
     assert lrs[39] < 1e-6 and isinstance(module.backbone.unet, nn.Module)
+
+
+def test_fit_trains_the_adapter_only_and_exports_a_gated_model(tiny_spec, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from igmu_lightning.data import PromptData
+
+    module = SPM(tiny_spec, ddim_steps=4, warmup_steps=0, export_dir=str(tmp_path / "spm"))
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, PromptData(["a cat"], batch_size=1, steps_per_epoch=2))
+    moved = {n for n, p in module.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".lora_" in n for n in moved) and module.concepts == ["a cat"]
+    gate = Pretrained(str(tmp_path / "spm")).build().guidance
+    assert isinstance(gate, SPMGate) and gate.concepts == ["a cat"] and gate.power == 2.0
+    assert module.resume_state() == {"concepts": ["a cat"]}
