@@ -12,8 +12,9 @@ from igmu_lightning.algorithms.rece import RECE
 from igmu_lightning.algorithms.safree import SAFREE
 from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
+from igmu_lightning.algorithms.spm import SPM, SPMGate
 from igmu_lightning.algorithms.uce import UCE
 
 __all__ = [
-    "AdvUnlearn", "ESD", "FMN", "MACE", "RECE", "SAFREE", "SLD", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
+    "AdvUnlearn", "ESD", "FMN", "MACE", "RECE", "SAFREE", "SLD", "SPM", "SPMGate", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
 ]

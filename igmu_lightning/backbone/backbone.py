@@ -234,6 +234,7 @@ class Backbone(nn.Module):
             self.pipeline().save_pretrained(tmp, safe_serialization=True)
             if self.guidance is not None:  # diffusers ignores this file; our loader applies it
                 (tmp / GUIDANCE_FILE).write_text(json.dumps(self.guidance.to_config(), indent=2))
+                self.guidance.save_files(tmp)
             follow_umask(tmp)
             if target.exists():
                 old = target.with_name(f".{target.name}.old")

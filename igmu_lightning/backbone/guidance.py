@@ -23,13 +23,22 @@ class SamplingGuidance:
     attributes whose names start with "_" are a rule's runtime state and are left out).
     ``prepare(sampler, prompts, cond, uncond)`` sees the prompts behind a batch before it is sampled
     (``Sampler.text_pair``) and returns the (cond, uncond) to sample with: a rule that reads the
-    prompts' tokens (SAFREE) prepares there; by default they pass through."""
+    prompts' tokens (SAFREE) prepares there; by default they pass through. A rule that carries
+    tensors (SPM's adapter) writes them beside the JSON in ``save_files`` and reads them back in
+    ``load_files``; its ``to_config`` names them by hash, so the model's fingerprint (the image
+    cache's key) changes with them."""
 
     def prepare(self, sampler, prompts: list[str], cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return cond, uncond
 
     def noise(self, sampler, latents: torch.Tensor, t: torch.Tensor, step: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def save_files(self, folder: Path) -> None:
+        """Write the files the rule needs beside ``igmu_guidance.json`` (default: none)."""
+
+    def load_files(self, folder: Path) -> None:
+        """Read back what ``save_files`` wrote (default: nothing to read)."""
 
     def to_config(self) -> dict:
         from igmu_lightning.backbone.loader import class_config  # the loader reads guidance files
@@ -52,6 +61,8 @@ def read_guidance(folder: Path) -> SamplingGuidance | None:
     if not path.is_file():
         return None
     try:
-        return SamplingGuidance.from_config(json.loads(path.read_text()))
+        guidance = SamplingGuidance.from_config(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as err:
         raise IGMUError(f"'{path}' is not a valid guidance file ({err}): delete it or export the model again") from None
+    guidance.load_files(Path(folder))
+    return guidance

@@ -202,17 +202,20 @@ class BackboneModule(LightningModule):
         if self.export_dir and self.trainer.is_global_zero:
             self.export_model(Path(self.export_dir))
 
+    def save_model_folder(self, path: Path) -> Path:
+        """The diffusers folder of ``export_model``: adapters merged into the weights (and their LoRA
+        folders), or the plain model; a method whose model is more than weights (SPM's gate) overrides it."""
+        if self.backbone.adapters:
+            return export_adapter_model(self.backbone, path)
+        return self.backbone.save_pretrained(path)
+
     def export_model(self, path: Path) -> Path:
         """Write the model to ``path``: a diffusers folder (adapters merged into the weights), the
         delta, a diffusers LoRA folder per LoRA adapter, and the run record."""
-        adapters = self.backbone.adapters
-        if adapters:
-            path = export_adapter_model(self.backbone, path)
-        else:
-            path = self.backbone.save_pretrained(path)
+        path = self.save_model_folder(path)
         delta = self.delta_tensors()
         if delta:  # the same model as a few-MB file that applies onto its base (WithDelta)
-            save_delta(path / DELTA_FILE, delta, self.base_hashes(), self.backbone_spec, adapters)
+            save_delta(path / DELTA_FILE, delta, self.base_hashes(), self.backbone_spec, self.backbone.adapters)
         atomic_write_json(path / RUN_RECORD, self.efficiency_record())
         print(f"exported the trained model to {path}" + (f" (delta: {len(delta)} tensors in {DELTA_FILE})" if delta else ""))
         return path

@@ -15,6 +15,7 @@ S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
 RE = "CharlesGong12/RECE@403a67f"
 M = "Shilin-LU/MACE@057e7a6:configs"
 A = "OPTML-Group/AdvUnlearn@9d23124:train-scripts/AdvUnlearn.py"
+SP = "Con6924/SPM@3dd762e"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -84,6 +85,23 @@ ADV = {  # README.md:97-100 (the command) over the argparse defaults A:226-261
     "model.negative_guidance": 1.0, "model.start_guidance": 3.0, "model.ddim_steps": 50,  # A:226-227, 234
     "model.timestep_mapping": "compvis", "model.lr": 1e-5, "trainer.max_steps": 1000,  # get_loss.py:304-309; A:251, 249
     "data.batch_size": 1,  # get_loss.py:311 start_code (1, 4, 64, 64); A:80 one word per iteration
+SPM = {
+    "model.rank": 1,  # SP:configs/snoopy/config.yaml:11 network.rank 1
+    "model.alpha": 1.0,  # SP:configs/snoopy/config.yaml:12 network.alpha 1.0
+    "model.negative_guidance": 1.0,  # SP:configs/snoopy/prompt.yaml:7 guidance_scale 1.0; src/configs/prompt.py:151-155
+    "model.start_guidance": 3.0,  # SP:train_spm.py:187 guidance_scale=3
+    "model.ddim_steps": 30,  # SP:configs/snoopy/config.yaml:16, 26 ddim, max_denoising_steps 30
+    "model.anchor_strength": 1000.0,  # SP:configs/snoopy/prompt.yaml:11 la_strength 1000
+    "model.anchors": 4,  # SP:configs/snoopy/prompt.yaml:12 sampling_batch_size 4
+    "model.anchor_set": "official",  # SP:train_spm.py:244-252 with src/engine/train_util.py:161-176 (second half kept)
+    "model.dynamic_resolution": True,  # SP:configs/snoopy/prompt.yaml:10
+    "model.gate_metric": "clipcos_tokenuni",  # SP:infer_spm.py:199-203
+    "model.gate_power": 2.0,  # SP:infer_spm.py:134-142 every tensor (down and up) times m
+    "model.warmup_steps": 500,  # SP:configs/snoopy/config.yaml:24
+    "model.lr_cycles": 3,  # SP:configs/snoopy/config.yaml:25
+    "model.lr": 1e-4,  # SP:configs/snoopy/config.yaml:19 (AdamW8bit :22; ours AdamW)
+    "data.batch_size": 1,  # SP:configs/snoopy/prompt.yaml:9
+    "trainer.max_steps": 3000,  # SP:configs/snoopy/config.yaml:17
 }
 OFFICIAL = {
     "advunlearn_nudity": {**ADV, "data.prompts": ["nudity"]}, "advunlearn_vangogh": {**ADV, "data.prompts": ["Van Gogh"]},
@@ -165,6 +183,8 @@ OFFICIAL = {
     "safree_vangogh": {**SAFREE, "model.keywords": ["Van Gogh"], "model.svf_curve": "artist"},  # :252-254
     "safree_church": {**SAFREE, "model.keywords": ["church"], "model.svf_curve": "concept"},  # not official: by analogy
     "safree_parachute": {**SAFREE, "model.keywords": ["parachute"], "model.svf_curve": "concept"},
+    "spm_nudity": {**SPM, "data.prompts": ["nudity"]}, "spm_vangogh": {**SPM, "data.prompts": ["Van Gogh"]},
+    "spm_church": {**SPM, "data.prompts": ["church"]}, "spm_parachute": {**SPM, "data.prompts": ["parachute"]},
 }
 
 
