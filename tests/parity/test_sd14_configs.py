@@ -85,6 +85,7 @@ ADV = {  # README.md:97-100 (the command) over the argparse defaults A:226-261
     "model.negative_guidance": 1.0, "model.start_guidance": 3.0, "model.ddim_steps": 50,  # A:226-227, 234
     "model.timestep_mapping": "compvis", "model.lr": 1e-5, "trainer.max_steps": 1000,  # get_loss.py:304-309; A:251, 249
     "data.batch_size": 1,  # get_loss.py:311 start_code (1, 4, 64, 64); A:80 one word per iteration
+}
 SPM = {
     "model.rank": 1,  # SP:configs/snoopy/config.yaml:11 network.rank 1
     "model.alpha": 1.0,  # SP:configs/snoopy/config.yaml:12 network.alpha 1.0
