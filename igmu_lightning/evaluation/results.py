@@ -13,6 +13,13 @@ from igmu_lightning.utils.io import atomic_write_json
 from igmu_lightning.utils.provenance import package_versions
 
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness", "efficiency")
+GRIDS_SUFFIX = ".grids"  # <results stem>.grids/<method>.png and _all.png (a row per method)
+
+
+def grids_folder(results_path: str | os.PathLike) -> Path:
+    """Where evaluate.py writes the image grids of the results at ``results_path``."""
+    path = Path(results_path)
+    return path.with_name(path.stem + GRIDS_SUFFIX)
 
 
 def exact(value: float) -> dict:
