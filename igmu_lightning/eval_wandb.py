@@ -18,17 +18,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from igmu_lightning.artifacts.images import image_grid
-from igmu_lightning.errors import IGMUError
+from igmu_lightning.evaluation.results import ASPECT_COLUMNS, aspect_rows
 from igmu_lightning.sampling import to_uint8
 from igmu_lightning.utils.wandb_mode import wandb_offline
 
-ASPECT_COLUMNS = ["method", "metric", "value", "ci_low", "ci_high", "n", "ci_method"]
 ATTACK_COLUMNS = ["method", "probe", "prompt", "seed", "adversarial_prompt", "pre", "post"]
-MODES = ("offline", "online")
 
 
 @dataclass
@@ -52,21 +51,8 @@ class WandbSettings:
     name: str | None = None
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
-    mode: str | None = None
+    mode: Literal["offline", "online"] | None = None
     save_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode is not None and self.mode not in MODES:
-            raise IGMUError(f"--wandb.mode '{self.mode}' is not a W&B mode: use offline or online, or --wandb false for no run")
-
-
-def aspect_rows(methods: dict, aspect: str) -> list[list]:
-    """One row per (method, metric) of ``aspect``: ``ASPECT_COLUMNS``."""
-    return [
-        [name, metric, v["value"], v["ci95"][0], v["ci95"][1], v["n"], v["ci_method"]]
-        for name, method in methods.items()
-        for metric, v in method.get("aspects", {}).get(aspect, {}).items()
-    ]
 
 
 def attack_rows(attacks: dict) -> list[list]:

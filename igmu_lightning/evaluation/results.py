@@ -36,6 +36,18 @@ def by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
     return aspects
 
 
+ASPECT_COLUMNS = ["method", "metric", "value", "ci_low", "ci_high", "n", "ci_method"]
+
+
+def aspect_rows(methods: dict, aspect: str) -> list[list]:
+    """One row per (method, metric) of ``aspect``, ``ASPECT_COLUMNS``: a W&B table of one aspect."""
+    return [
+        [name, metric, v["value"], v["ci95"][0], v["ci95"][1], v["n"], v["ci_method"]]
+        for name, method in methods.items()
+        for metric, v in method.get("aspects", {}).get(aspect, {}).items()
+    ]
+
+
 def results_document(config: dict, seed: int, model_hashes: dict, methods: dict, evaluators: dict | None = None) -> dict:
     """Assemble the document; it holds no timestamps or host names, so the same config and seed
     give the same bytes. ``evaluators``: what judged the images (``evaluation.evaluators``)."""

@@ -179,3 +179,82 @@ def test_wandb_run_holds_config_aspect_tables_grids_and_adversarial_prompts(tmp_
          "adversarial_prompt": "zx a blue triangle", "pre": False, "post": True},
     ]  # fmt: skip
     assert run.summary["esd_x/preservation.near_accuracy"] == 0.640625
+
+
+def test_evaluate_writes_grids_manifest_summary_and_one_wandb_run(tmp_path):
+    """evaluate.py on a tiny world evaluation (the original and a second method): the summary shows
+    every metric of the results, the grids beside the results hold each method's kept images (the
+    original's row is the cached images of the first forget prompts, found through the cache's
+    manifest), and the offline W&B run holds the same numbers and images."""
+    from igmu_lightning.artifacts import fingerprint
+    from igmu_lightning.evaluation.world_sets import flatten_sets, set_sizes
+    from igmu_lightning.world.concepts import TARGETS
+    from tests.conftest import SYNONYM_ONLY, run_script
+
+    path, cache = tmp_path / "attr.json", tmp_path / "cache"
+    copy = {"copy": {"class_path": "igmu_lightning.backbone.Pretrained", "init_args": {"path": "checkpoints/world/base"}}}
+    result = run_script(
+        "evaluate.py", "--config", "configs/eval/world/attribute.yaml", "--results_path", str(path),
+        "--evaluation.init_args.prompts_per_class", "2", "--evaluation.init_args.sampler.steps", "3",
+        "--evaluation.init_args.cache_dir", str(cache), "--evaluation.init_args.methods", json.dumps(copy),
+        *SYNONYM_ONLY, env={"WANDB_DIR": str(tmp_path / "w"), "COLUMNS": "100"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(path.read_text())
+    methods = results["methods"]
+    # the summary: every metric of every method with its interval and n
+    lines = result.stdout.splitlines()
+    for name, method in methods.items():
+        for aspect, metrics in method["aspects"].items():
+            for key, value in metrics.items():
+                assert any(line.startswith(f"{aspect}.{key} ") and cell(value) in line for line in lines), (name, aspect, key)
+    assert "preservation.near_accuracy" in result.stdout and "robustness.synonym.target_rate" in result.stdout
+    # the grids: 8 forget images per method, same prompts and seeds; the original's are its cached images
+    grids = tmp_path / "attr.grids"
+    assert sorted(p.name for p in grids.iterdir()) == ["_all.png", "copy.png", "original.png"]
+    target = TARGETS["attribute"]
+    forget = flatten_sets(target.name, set_sizes(target.name, 64, None, 2), 0)["forget"]
+    model = fingerprint(results["run"]["model_hashes"]["original"])
+    row = np.asarray(Image.open(grids / "original.png"))
+    size, pad = 32, 2
+    assert row.shape == (size + 2 * pad, pad + 8 * (size + pad), 3)
+    for c, (prompt, seed) in enumerate(zip(forget.prompts[:8], forget.seeds[:8])):
+        (entry,) = find_images(cache, prompt=prompt, seed=seed, model=model[:16], settings={"steps": 3})
+        x = pad + c * (size + pad)
+        assert (row[pad : pad + size, x : x + size] == np.asarray(Image.open(entry["path"]))).all(), (prompt, seed)
+    combined = np.asarray(Image.open(grids / "_all.png"))
+    assert (combined[: size + 2 * pad] == row).all() and (combined[size + pad :] == np.asarray(Image.open(grids / "copy.png"))).all()
+    # the W&B run: one, grouped by the config's name, with the results' provenance, numbers and grids
+    (run,) = offline_runs(tmp_path / "w")
+    assert run.run.run_group == "attribute" and run.run.display_name == "attr" and run.run.job_type == "evaluation"
+    for key in ("config", "seed", "model_hashes", "evaluators"):
+        assert run.config[key] == results["run"][key], key
+    for aspect in ("forgetting", "preservation", "quality", "alignment", "robustness", "efficiency"):
+        logged = {(r["method"], r["metric"]): r for r in run.table(f"aspects/{aspect}")}
+        want = {(name, m): v for name, method in methods.items() for m, v in method["aspects"][aspect].items()}
+        assert set(logged) == set(want), aspect
+        for k, v in want.items():
+            got = logged[k]
+            assert (got["value"], [got["ci_low"], got["ci_high"]], got["n"], got["ci_method"]) == (v["value"], v["ci95"], v["n"], v["ci_method"])
+    for name in ("original", "copy"):
+        assert (run.image(f"grids/{name}")[0] == np.asarray(Image.open(grids / f"{name}.png"))).all()
+    assert (run.image("grids/all")[0] == combined).all()
+    assert f"wandb sync {run.dir}" in result.stdout
+    # --wandb false: no run (a quick evaluation: the tiny model's inventory)
+    again = run_script("evaluate.py", "--config", "configs/eval/inventory.yaml", "--evaluation.init_args.backbone",
+                       "configs/backbone/tiny.yaml", "--results_path", str(tmp_path / "b.json"), "--wandb", "false",
+                       env={"WANDB_DIR": str(tmp_path / "w2")})  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (tmp_path / "w2").exists() and "W&B" not in again.stdout
+
+
+def test_without_wandb_one_line_says_nothing_was_logged(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from igmu_lightning.eval_wandb import WandbSettings, log_evaluation
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    document = {"run": {}, "methods": methods_document()}
+    assert log_evaluation(WandbSettings(save_dir=str(tmp_path / "w")), document, {}, [], {}, group="g", name="n") is None
+    assert capsys.readouterr().out == "W&B: wandb is not installed, nothing logged (pip install wandb, or pass --wandb false)\n"
+    assert not (tmp_path / "w").exists()
