@@ -3,7 +3,8 @@ from a YAML config (class_path / init_args, as train.py) and write its results J
 Several devices or nodes run through Lightning Fabric, for evaluations that share their work (world
 evaluation, IGMU-folder scoring, generate-and-score, prompt-set target rate): each process makes and
 scores its share of the prompts or images, the metrics sync across processes, and rank 0 writes the
-results."""
+results, prints every metric (``summary_table``), writes the attack outcomes and the image grids
+beside the results and logs the evaluation as one W&B run (``eval_wandb``; ``--wandb false``: none)."""
 
 from __future__ import annotations
 
