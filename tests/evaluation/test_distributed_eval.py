@@ -64,6 +64,12 @@ def test_two_processes_give_the_metrics_of_one(tmp_path):
     # each process wrote its own half of the images to the cache: together, as many as one process made
     made = lambda name: sorted(p.name for p in (tmp_path / name).rglob("*.png"))  # noqa: E731
     assert made("two") == made("one") and made("one")
+    # both processes appended to one manifest: a whole line per image, none lost or mixed
+    from igmu_lightning.artifacts import read_manifest
+
+    lines = (tmp_path / "two" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file"].rsplit("/", 1)[1] for line in lines] and len(lines) == len(read_manifest(tmp_path / "two"))
+    assert sorted(e["file"].rsplit("/", 1)[1] for e in read_manifest(tmp_path / "two")) == made("two")
     # one W&B run, rank 0's, holding both models' grids
     (run,) = offline_runs(tmp_path / "two.wandb")
     assert {"grids/original", "grids/sld", "grids/all", "aspects/forgetting"} <= set(run.history)
