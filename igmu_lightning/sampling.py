@@ -173,9 +173,24 @@ class Sampler:
             latents = scheduler.step(eps, t, latents, **extra).prev_sample
         return latents
 
+    @torch.no_grad()
+    def partial(
+        self, cond: torch.Tensor, uncond: torch.Tensor, k: int, seeds: list[int], start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """k guided steps from each seed's noise, from the schedule's step ``start`` (ESD's x_t):
+        the latents and the timestep they sit at (past the last step: the last one, ~x_0)."""
+        scheduler = self.make_scheduler()
+        generators = self.generators(seeds)
+        latents = self.initial_latents(generators, scheduler)
+        latents = self.denoise(latents, cond, uncond, scheduler, generators, stop_after=k, start=start)
+        return latents, scheduler.timesteps[min(start + k, len(scheduler.timesteps) - 1)].repeat(len(seeds))
+
     def text_pair(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditional, unconditional) embeddings; the negative prompt fills the unconditional half."""
+        """(conditional, unconditional) embeddings; the negative prompt fills the unconditional half.
+        The backbone's guidance sees the prompts and may change both (SAFREE's projection)."""
         cond = self.encode(prompts)
+        if self.guidance is not None:
+            return self.guidance.prepare(self, prompts, cond, self.unconditional(cond))
         return cond, self.unconditional(cond)
 
     def unconditional(self, cond: torch.Tensor) -> torch.Tensor:

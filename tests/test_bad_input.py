@@ -23,6 +23,7 @@ INVENTORY = "configs/eval/inventory.yaml"
 ESD = "configs/unlearn/world/esd_object.yaml"
 CA = "configs/unlearn/world/ca_object.yaml"
 FMN = "configs/unlearn/world/fmn_object.yaml"
+MACE = "configs/unlearn/world/mace_object.yaml"
 TINY = str(ROOT / "configs/backbone/tiny.yaml")
 WORLD_BASE = str(ROOT / "checkpoints/world/base")
 DETECTORS = ROOT / "checkpoints/world/detectors"
@@ -175,6 +176,7 @@ def cases(m: SimpleNamespace, esd: SimpleNamespace) -> dict[str, list[str]]:
         "results_path_is_a_folder": [*inventory, m.tiny, "--results_path", "{out}/export"],
         # training data and losses
         "concept_absent_from_forget_prompts": ["train.py", "fit", "--config", FMN, "--model.init_args.concept", "hexagon"],
+        "mace_images_for_another_concept_list": ["train.py", "fit", "--config", MACE, "--data.init_args.concepts", "[triangle, striped]"],
         "nan_loss": ["train.py", "fit", "--config", ESD, *tiny_train, "--model.init_args.lr", "1e30", "--trainer.max_steps", "4", "--checkpoint_every", "1"],
         # devices
         "eval_several_processes_for_a_one_process_evaluation": [*inventory, m.tiny, "--accelerator", "cpu", "--devices", "2"],
@@ -451,6 +453,11 @@ def test_disk_full_prints_the_table_and_saves_the_results_beside_the_run(tmp_pat
 def test_concept_absent_from_every_forget_prompt(outcomes):
     line = error_of(outcomes, "concept_absent_from_forget_prompts")
     assert "none of the" in line and "forget prompts holds the FMN concept ['hexagon']" in line and "set concept" in line
+
+
+def test_mace_data_for_another_number_of_concepts(outcomes):
+    line = error_of(outcomes, "mace_images_for_another_concept_list")
+    assert line == "error: the data module serves 2 concepts but MACE erases 1: give one image set per concept"
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(outcomes):

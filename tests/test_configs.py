@@ -30,6 +30,7 @@ KINDS = {
     "world": "experiment",
     "detectors": "detector",
     "unlearn": "experiment",
+    "benchmark": "benchmark",
 }
 
 
@@ -60,9 +61,14 @@ def test_every_config_folder_is_known():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_shipped_config_parses_against_the_real_signatures(path, tmp_path):
+def test_shipped_config_parses_against_the_real_signatures(path, tmp_path, monkeypatch):
     what = kind(path)
-    if what == "backbone":
+    if what == "benchmark":  # a tier of python -m igmu_lightning.benchmark: its cells, from the repository root
+        from igmu_lightning.benchmark import load_tier, plan
+
+        monkeypatch.chdir(ROOT)
+        assert plan(load_tier(str(path))[1], tmp_path)
+    elif what == "backbone":
         parser = ArgumentParser()
         parser.add_subclass_arguments(BackboneSpec, "backbone")
         spec = parser.instantiate_classes(parser.parse_args(["--backbone", str(path)])).backbone
@@ -102,7 +108,7 @@ FRAGMENTS = {"world": ("world_cpu", "world.yaml"), "sd14": ("sd14", "sd14.yaml")
 @pytest.mark.parametrize("path", UNLEARN, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_unlearning_config_takes_its_shared_blocks_from_the_fragments(path):
     """No experiment repeats the trainer, seed or backbone blocks: it includes the fragments, whose
-    values reach the resolved config; one-step methods (UCE, SLD) run on the step counter."""
+    values reach the resolved config; one-step methods (UCE, RECE, SLD, SAFREE) run on the step counter."""
     text = path.read_text()
     trainer, backbone = FRAGMENTS[path.parent.name]
     for repeated in ("seed_everything:", "\ntrainer:", "accelerator:", "precision:", "igmu_lightning.backbone."):
@@ -114,7 +120,7 @@ def test_every_unlearning_config_takes_its_shared_blocks_from_the_fragments(path
     assert {k: config["trainer"][k] for k in shared["trainer"]} == shared["trainer"]
     expected = yaml.safe_load((ROOT / "configs/backbone" / backbone).read_text())
     assert config["model"]["init_args"]["backbone"]["init_args"]["path"] == expected["init_args"]["path"]
-    one_step = config["model"]["class_path"].rsplit(".", 1)[-1] in ("UCE", "SLD")
+    one_step = config["model"]["class_path"].rsplit(".", 1)[-1] in ("UCE", "RECE", "SLD", "SAFREE")
     assert (config["data"]["class_path"] == "igmu_lightning.data.StepData") == one_step
     if one_step:
         assert "config: ../../trainer/" in text and text.count("_one_step.yaml") == 1 and "data: ../../data/one_step.yaml" in text

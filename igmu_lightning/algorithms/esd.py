@@ -61,6 +61,7 @@ class ESD(UnlearningModule):
     """
 
     OPTIMIZER, OPTIMIZER_DEFAULTS = torch.optim.Adam, {"lr": 1e-5}  # docs/parity.md, ESD: "optimizer, lr"
+    VARIANTS = VARIANTS  # the trained sets by variant name (AdvUnlearn's: the text encoder's layers)
 
     def __init__(
         self,
@@ -78,13 +79,13 @@ class ESD(UnlearningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        if variant not in VARIANTS:
-            raise IGMUError(f"unknown ESD variant '{variant}': choose one of {', '.join(VARIANTS)}")
+        if variant not in self.VARIANTS:
+            raise IGMUError(f"unknown {type(self).__name__} variant '{variant}': choose one of {', '.join(self.VARIANTS)}")
         if timestep_mapping not in ("aligned", "compvis"):
             raise IGMUError(f"unknown ESD timestep_mapping '{timestep_mapping}': choose aligned or compvis")
         if xt_prompt not in ("concept", "erase_from"):
             raise IGMUError(f"unknown ESD xt_prompt '{xt_prompt}': choose concept or erase_from")
-        super().__init__(backbone, VARIANTS[variant], lr, export_dir, optimizer, lr_scheduler)
+        super().__init__(backbone, self.VARIANTS[variant], lr, export_dir, optimizer, lr_scheduler)
         self.save_hyperparameters()
         self.erase_from = erase_from
         self.eta, self.ddim_steps, self.sample_with = negative_guidance, ddim_steps, sample_with
@@ -116,14 +117,8 @@ class ESD(UnlearningModule):
         sampler = self.teacher_sampler(self.sampling)
         if self.sample_with == "trained":
             sampler.unet = self.backbone.unet
-        scheduler = sampler.make_scheduler()
         seeds = torch.randint(0, 2**31 - 1, (batch,)).tolist()  # from the seeded global RNG
-        generators = sampler.generators(seeds)
-        with torch.no_grad():
-            latents = sampler.initial_latents(generators, scheduler)
-            latents = sampler.denoise(latents, c, null, scheduler, generators, stop_after=k, start=start)
-        t = scheduler.timesteps[min(start + k, len(scheduler.timesteps) - 1)].repeat(batch)  # at the end: ~x_0
-        return latents, t
+        return sampler.partial(c, null, k, seeds, start=start)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         concepts = list(batch["prompt"])

@@ -27,6 +27,29 @@ from igmu_lightning.errors import IGMUError
 
 POOLERS = ("all", "eos", "none")
 
+def word_positions(padded: torch.Tensor, eos_id: int, words: list[list[int]]) -> torch.Tensor:
+    """(B, L) bool: True at every occurrence of any of the token sequences ``words`` among the word
+    tokens of each padded row (after BOS, up to its first <|endoftext|>)."""
+    mask = torch.zeros_like(padded, dtype=torch.bool)
+    eos = padded == eos_id
+    for b in range(len(padded)):
+        ids = padded[b, : int(eos[b].int().argmax()) + 1].tolist()  # up to the first EOS
+        for seq in words:
+            for i in range(1, len(ids) - len(seq)):  # words only: BOS at 0, EOS last
+                if ids[i : i + len(seq)] == seq:
+                    mask[b, i : i + len(seq)] = True
+    return mask
+
+
+def pooler_positions(padded: torch.Tensor, eos_id: int, pooler: str) -> torch.Tensor:
+    """(B, L) bool: the <|endoftext|> positions a ``pooler`` marks: ``all`` every one (on SD v1.x the
+    EOS and all padding), ``eos`` the first of each row, ``none`` nothing."""
+    eos = padded == eos_id
+    if pooler == "eos":
+        eos &= eos.cumsum(1) == 1
+    return eos if pooler != "none" else torch.zeros_like(eos)
+
+
 class AttentionProbe:
     """An attention processor that computes the probabilities explicitly and appends them,
     (B, heads, queries, keys) in float32, to ``store`` (SDPA never materialises them)."""
@@ -135,22 +158,12 @@ class FMN(UnlearningModule):
         """(B, L) bool: True at the tokens of every occurrence of a concept in each prompt, and at
         the <|endoftext|> positions ``pooler`` adds (in the padded ids the text encoder sees)."""
         padded = self.backbone.tokenize(prompts).cpu()  # BOS ... EOS, padded as the encoder sees them
-        eos = padded == self.backbone.tokenizer.eos_token_id
-        mask = torch.zeros_like(padded, dtype=torch.bool)
-        for b, prompt in enumerate(prompts):
-            ids = padded[b, : int(eos[b].int().argmax()) + 1].tolist()  # up to the first EOS
-            for seq in self.concepts.values():
-                for i in range(1, len(ids) - len(seq)):  # words only: BOS at 0, EOS last
-                    if ids[i : i + len(seq)] == seq:
-                        mask[b, i : i + len(seq)] = True
-            if not mask[b].any():
-                raise IGMUError(f"prompt '{prompt}' does not contain the FMN concept {list(self.concepts)}: "
-                                "caption every forget image with the concept word")  # fmt: skip
-        if self.pooler != "none":
-            if self.pooler == "eos":  # the first <|endoftext|> of each prompt only
-                eos &= eos.cumsum(1) == 1
-            mask |= eos
-        return mask.to(self.device)
+        eos_id = self.backbone.tokenizer.eos_token_id
+        mask = word_positions(padded, eos_id, list(self.concepts.values()))
+        for b in (~mask.any(1)).nonzero().flatten().tolist():
+            raise IGMUError(f"prompt '{prompts[b]}' does not contain the FMN concept {list(self.concepts)}: "
+                            "caption every forget image with the concept word")  # fmt: skip
+        return (mask | pooler_positions(padded, eos_id, self.pooler)).to(self.device)
 
     def attention_loss(self, x_t: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         positions = self.concept_positions(prompts)

@@ -38,12 +38,13 @@ class ImageCache:
     8-bit image every metric sees), and ``root/manifest.jsonl``: one line per image, ``{"file"
     (relative to root), "model" (the fingerprint), "prompt", "seed", "settings"}``, appended with one
     ``write`` to a file opened for appending (processes sharing the cache never interleave lines).
-    An image cached before the manifest existed gets its line when it is next read."""
+    An image cached before the manifest existed gets its line when an evaluation next reads it."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._folders: dict[Path, tuple[str, dict]] = {}  # folder -> (model, settings) it was named for
         self._listed: set[str] | None = None  # files the manifest names, read once
+        self._lead = ""  # "\n" when the manifest ends in a line cut short
 
     @staticmethod
     def key(prompt: str, seed: int) -> str:
@@ -55,39 +56,43 @@ class ImageCache:
         self._folders[folder] = (model, dict(settings))
         return folder
 
+    def path(self, folder: Path, prompt: str, seed: int) -> Path:
+        return folder / f"{self.key(prompt, seed)}.png"
+
     def load(self, folder: Path, prompt: str, seed: int) -> torch.Tensor | None:
-        path = folder / f"{self.key(prompt, seed)}.png"
+        path = self.path(folder, prompt, seed)
         if not path.is_file():
             return None
-        image = load_image(path)
-        self._record(folder, path, prompt, seed)
-        return image
+        return load_image(path)
 
     def save(self, folder: Path, prompt: str, seed: int, image: torch.Tensor) -> None:
-        path = folder / f"{self.key(prompt, seed)}.png"
-        save_png(path, image)
-        self._record(folder, path, prompt, seed)
+        save_png(self.path(folder, prompt, seed), image)
+        self.record(folder, prompt, seed)
 
-    def _record(self, folder: Path, path: Path, prompt: str, seed: int) -> None:
-        """Append the manifest line of ``path`` unless the manifest names it already."""
-        lead = ""
+    def record(self, folder: Path, prompt: str, seed: int) -> None:
+        """Append the manifest line of the image of (prompt, seed) in ``folder`` unless the manifest
+        names it already (``save`` does; an evaluation does for the images it reads back, so a cache
+        older than its manifest gets listed). Reading alone writes nothing."""
         if self._listed is None:
             self._listed = {entry["file"] for entry in read_manifest(self.root)}
             manifest = self.root / MANIFEST
             if manifest.is_file() and manifest.stat().st_size and not manifest.read_bytes().endswith(b"\n"):
-                lead = "\n"  # a line cut short (a full disk) stays a line of its own, skipped on reading
-        file = path.relative_to(self.root).as_posix()
+                self._lead = "\n"  # a line cut short (a full disk) stays a line of its own, skipped on reading
+        file = self.path(folder, prompt, seed).relative_to(self.root).as_posix()
         if file in self._listed:
             return
         model, settings = self._folders.get(folder, (None, None))
         line = json.dumps({"file": file, "model": model, "prompt": prompt, "seed": int(seed), "settings": settings},
                           sort_keys=True, ensure_ascii=False)  # fmt: skip
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666 & ~current_umask())
         try:
-            os.write(fd, (lead + line + "\n").encode("utf-8"))
+            fd = os.open(self.root / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666 & ~current_umask())
+        except OSError:  # a read-only cache still serves its images; it stays unlisted
+            return
+        try:
+            os.write(fd, (self._lead + line + "\n").encode("utf-8"))
         finally:
             os.close(fd)
+        self._lead = ""
         self._listed.add(file)
 
 

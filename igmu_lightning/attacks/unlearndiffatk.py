@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from igmu_lightning.attacks.base import Attack, AttackContext, AttackResult, preset_settings
+from igmu_lightning.attacks.soft_prompt import prefix_slots
 from igmu_lightning.backbone import Backbone
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.sampling import Sampler, to_uint8
@@ -128,9 +129,7 @@ class UnlearnDiffAtk(Attack):
     def prefixed_ids(self, model: Backbone, prompts: list[str]) -> torch.Tensor:
         """Token ids (B, L) of the prompts with k slots after the start token (the prompt moves
         right by k; its last k padding tokens drop off the end)."""
-        ids = model.tokenize(prompts)
-        slots = torch.zeros(len(prompts), self.k, dtype=ids.dtype, device=ids.device)
-        return torch.cat([ids[:, :1], slots, ids[:, 1 : ids.shape[1] - self.k]], dim=1)
+        return prefix_slots(model.tokenize(prompts), self.k)
 
     def read_out(self, model: Backbone, tokens: torch.Tensor, prompts: list[str]) -> list[str]:
         """The text of each prompt with its prefix tokens: the decoded prefix, a space, the prompt."""

@@ -5,6 +5,7 @@ kinds themselves live in ``igmu_lightning.modules.adapters`` and are named by cl
 from __future__ import annotations
 
 from igmu_lightning.backbone.loader import class_config, from_class_config
+from igmu_lightning.errors import IGMUError
 
 
 class AdapterSpec:
@@ -22,6 +23,10 @@ class AdapterSpec:
 
     def set_enabled(self, backbone, enabled: bool) -> None:
         raise NotImplementedError
+
+    def detach(self, backbone) -> None:
+        """Remove the adapter's modules and tensors in place (``Backbone.detach_adapters``)."""
+        raise IGMUError(f"adapter {self.describe()} cannot be detached from a backbone")
 
     def describe(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

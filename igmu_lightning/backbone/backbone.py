@@ -184,6 +184,13 @@ class Backbone(nn.Module):
         self.adapter_tensor_names.extend(new)
         return new
 
+    def detach_adapters(self) -> None:
+        """Remove every attached adapter, leaving the plain model with its base weights as they are
+        now: for a method that folds its adapters into the weights itself (MACE's fusion)."""
+        for adapter in reversed(self.adapters):
+            adapter.detach(self)
+        self.adapters, self.adapter_tensor_names = [], []
+
     @contextmanager
     def adapters_disabled(self):
         """Run the model as its base inside this block: every adapter switched off (the teacher of

@@ -11,14 +11,8 @@ from torch import nn
 
 from igmu_lightning.detectors import load_detector
 from igmu_lightning.detectors.nudenet import NudeNetDetector, NudeNetPersonDetector
+from igmu_lightning.detectors.spec import JudgeSpec
 from igmu_lightning.errors import IGMUError
-
-
-class JudgeSpec:
-    """``build()`` returns an object with ``class_names``, ``predict(images)`` and ``predict_proba``."""
-
-    def build(self):
-        raise NotImplementedError
 
 
 class SavedDetector(JudgeSpec):

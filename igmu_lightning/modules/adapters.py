@@ -34,6 +34,8 @@ class LoRA(AdapterSpec):
         component: ``unet`` (diffusers' ``add_adapter``) or ``text_encoder`` (peft's
             ``inject_adapter_in_model``: transformers' own ``add_adapter`` wants a newer peft).
         name: the adapter's name (several LoRAs on one model need different names).
+        init: peft's ``init_lora_weights``: True (A as nn.Linear's default, kaiming uniform) or
+            ``gaussian`` (A ~ N(0, 1/rank^2), diffusers' ``LoRALinearLayer``); B starts at zero either way.
     """
 
     mergeable = True
@@ -45,17 +47,23 @@ class LoRA(AdapterSpec):
         alpha: float | None = None,
         component: str = "unet",
         name: str = "igmu",
+        init: bool | str = True,
     ) -> None:
+        if init not in (True, "gaussian"):
+            raise IGMUError(f"LoRA init '{init}' is not true (kaiming uniform) or gaussian")
         if component not in ("unet", "text_encoder"):
             raise IGMUError(f"LoRA component '{component}' is not unet or text_encoder")
         if rank < 1:
             raise IGMUError(f"LoRA rank must be >= 1, got {rank}")
         self.targets, self.rank, self.alpha, self.component, self.name = targets, rank, alpha, component, name
+        if init is not True:  # kept out of the config at the default: earlier deltas and checkpoints read the same
+            self.init = init
 
     def lora_config(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, target_modules=self.targets, init_lora_weights=True)
+        init = getattr(self, "init", True)
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, target_modules=self.targets, init_lora_weights=init)
 
     def attach(self, backbone: Backbone) -> None:
         from peft import inject_adapter_in_model
@@ -77,6 +85,26 @@ class LoRA(AdapterSpec):
     def set_enabled(self, backbone: Backbone, enabled: bool) -> None:
         for layer in tuner_layers(getattr(backbone, self.component)):
             layer.enable_adapters(enabled)
+
+    def detach(self, backbone: Backbone) -> None:
+        """Remove this LoRA: a layer left without adapters becomes its plain base layer again."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        module = getattr(backbone, self.component)
+        for name, layer in list(module.named_modules()):
+            if not isinstance(layer, BaseTunerLayer) or self.name not in layer.lora_A:
+                continue
+            if set(layer.lora_A.keys()) == {self.name}:
+                parent, _, child = name.rpartition(".")
+                setattr(module.get_submodule(parent), child, layer.get_base_layer())
+            else:
+                layer.delete_adapter(self.name)
+        config = getattr(module, "peft_config", {})
+        config.pop(self.name, None)
+        if hasattr(module, "peft_config") and not config:
+            del module.peft_config
+            if hasattr(module, "_hf_peft_config_loaded"):
+                module._hf_peft_config_loaded = False
 
 
 def tuner_layers(module: nn.Module) -> list[nn.Module]:

@@ -61,12 +61,17 @@ def _background(style: str, size: int, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The scene as an (size, size, 3) uint8 array; ``rng`` decides every jitter."""
+def render_with_mask(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The scene as an (size, size, 3) uint8 array and the exact mask of its shape, an (size, size)
+    float array in [0, 1] (the share of each pixel the shape's silhouette covers: its filled
+    outline, interior included for a hollow shape, rim included for an outlined one); ``rng``
+    decides every jitter, and drawing the mask draws nothing from it."""
     rng = rng or np.random.default_rng(0)
     s = SUPERSAMPLE
     image = _background(scene.style, size, rng)
     draw = ImageDraw.Draw(image)
+    silhouette = Image.new("L", image.size, 0)
+    mask_draw = ImageDraw.Draw(silhouette)
     colour = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLOUR_RGB[scene.colour])
     r = rng.uniform(0.30, 0.40) * size * s
     cx = size * s / 2 + rng.uniform(-0.08, 0.08) * size * s
@@ -75,11 +80,12 @@ def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None)
     width = int(round(0.11 * size * s))  # hollow wall / outline thickness
 
     def outline(fill, scale: float = 1.0, line=None, line_width: int = 0) -> None:
-        if scene.shape == "circle":
-            rr = r * 0.85 * scale
-            draw.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=fill, outline=line, width=line_width)
-        else:
-            draw.polygon(_polygon(scene.shape, cx, cy, r * scale, angle), fill=fill, outline=line, width=line_width)
+        for canvas, paint, rim in ((draw, fill, line), (mask_draw, 255, 255 if line else None)):
+            if scene.shape == "circle":
+                rr = r * 0.85 * scale
+                canvas.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=paint, outline=rim, width=line_width)
+            else:
+                canvas.polygon(_polygon(scene.shape, cx, cy, r * scale, angle), fill=paint, outline=rim, width=line_width)
 
     if scene.attribute == "hollow":  # a thick coloured wall, the background shows inside
         outline(None, line=colour, line_width=width)
@@ -88,7 +94,13 @@ def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None)
     else:
         outline(colour)
     small = image.resize((size, size), Image.BOX)
-    return np.asarray(small, dtype=np.uint8)
+    mask = np.asarray(silhouette.resize((size, size), Image.BOX), dtype=np.float32) / 255
+    return np.asarray(small, dtype=np.uint8), mask
+
+
+def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The scene as an (size, size, 3) uint8 array; ``rng`` decides every jitter."""
+    return render_with_mask(scene, size, rng)[0]
 
 
 def render_tensor(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> torch.Tensor:

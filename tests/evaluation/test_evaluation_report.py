@@ -3,6 +3,8 @@ interval and n), the image grids beside the results, the image cache's manifest,
 (read back from its offline files)."""
 
 import json
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -115,15 +117,30 @@ def test_image_cache_manifest_names_every_image_by_model_prompt_seed_and_setting
     assert [e["model"][0] for e in find_images(root, seed=0, model="bbbb")] == ["b"]
     assert [e["model"][0] for e in find_images(root, seed=0, settings={"steps": 3})] == ["a"]
     assert find_images(root, prompt="a blue circle") == []
-    # reading an image again adds no line; an image cached before the manifest gets its line when read
+    # reading writes nothing; recording a listed image adds no line; an image cached before the
+    # manifest gets its line when an evaluation reads it back (generate_images records what it reads)
+    from igmu_lightning.evaluation.generation import generate_images
+
     lines = (root / "manifest.jsonl").read_text()
     again = ImageCache(root)
     assert again.load(again.folder("a" * 64, settings), "a red triangle", 0) is not None
+    again.record(again.folder("a" * 64, settings), "a red triangle", 0)
     assert (root / "manifest.jsonl").read_text() == lines
     (root / "manifest.jsonl").unlink()
     old = ImageCache(root)
     assert old.load(old.folder("b" * 64, {**settings, "steps": 4}), "a red triangle", 0) is not None
-    assert [(e["model"][0], e["seed"]) for e in read_manifest(root)] == [("b", 0)]
+    assert not (root / "manifest.jsonl").exists()
+
+    class Cached:  # a sampler whose images are all in the cache already: generate_images only reads
+        settings, backbone = SimpleNamespace(), SimpleNamespace(device=torch.device("cpu"))
+
+        def generate(self, prompts, seeds):
+            raise AssertionError("nothing should be generated")
+
+    with patch("igmu_lightning.evaluation.generation.asdict", lambda _: {**settings, "steps": 4}):
+        read = generate_images(Cached(), ["a red triangle"], [0], old, model="b" * 64)
+    assert torch.equal(read[0], to_uint8(images[2]).float() / 255)
+    assert [(e["model"][0], e["seed"], e["settings"]["steps"]) for e in read_manifest(root)] == [("b", 0, 4)]
     # a line cut short (a full disk) costs that line only
     with open(root / "manifest.jsonl", "a") as f:
         f.write('{"file": "cut')

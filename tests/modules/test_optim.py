@@ -10,7 +10,7 @@ import yaml
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning.pytorch import Callback, Trainer
 
-from igmu_lightning.algorithms import ESD, FMN, SLD, UCE, ConceptAblation, SalUn
+from igmu_lightning.algorithms import ESD, FMN, MACE, SLD, UCE, AdvUnlearn, ConceptAblation, SalUn
 from igmu_lightning.cli import IGMUCLI
 from igmu_lightning.data import CaptionedFolderData
 from igmu_lightning.detectors import ImageClassifier
@@ -23,9 +23,11 @@ TORCH_BETAS, TORCH_EPS = (0.9, 0.999), 1e-8  # every official code keeps torch's
 # module -> (official optimizer, lr, weight decay), from docs/parity.md's "optimizer" rows
 OFFICIAL = {
     "ESD": (torch.optim.Adam, 1e-5, 0.0),  # E@b8aeab6 train-esd.py:210, :300
+    "AdvUnlearn": (torch.optim.Adam, 1e-5, 0.0),  # A@9d23124 AdvUnlearn.py:62, :251
     "SalUn": (torch.optim.Adam, 1e-5, 0.0),  # S@a6e89fd :46-56
     "ConceptAblation": (torch.optim.AdamW, 1.6e-5, 1e-2),  # CA train.py:880-938 (2e-6 x 4 x 2 scaled)
     "FMN": (torch.optim.AdamW, 2e-6, 1e-2),  # F configs/attn.yaml:10, :44
+    "MACE": (torch.optim.AdamW, 1e-5, 1e-2),  # MA configs/object/erase_ship.yaml:9, :80; cfr_lora_training.py:367-373
     "TextToImage": (torch.optim.AdamW, 1e-5, 1e-2),
     "AutoencoderTraining": (torch.optim.Adam, 1e-3, 0.0),
     "ImageClassifier": (torch.optim.AdamW, 1e-3, 1e-4),
@@ -36,9 +38,11 @@ def build(name: str, spec, **kwargs):
     """Each module with the fewest arguments it takes (the tiny backbone)."""
     makers = {
         "ESD": lambda: ESD(spec, **kwargs),
+        "AdvUnlearn": lambda: AdvUnlearn(spec, retain_prompts=["a square"], **kwargs),
         "SalUn": lambda: SalUn(spec, pseudo_prompt="a square", **kwargs),
         "ConceptAblation": lambda: ConceptAblation(spec, target="triangle", anchor="square", **kwargs),
         "FMN": lambda: FMN(spec, concept="triangle", **kwargs),
+        "MACE": lambda: MACE(spec, concepts=["triangle"], mapping=["square"], **kwargs),
         "TextToImage": lambda: TextToImage(spec, **kwargs),
         "AutoencoderTraining": lambda: AutoencoderTraining(spec, **kwargs),
         "ImageClassifier": lambda: ImageClassifier(["a", "b"], **kwargs),

@@ -12,6 +12,9 @@ U = "rohitgandikota/unified-concept-editing@35e91e2:train-scripts/train_erase.py
 CA = "nupurkmr9/concept-ablation@c11fb1b:diffusers"
 F = "SHI-Labs/Forget-Me-Not@a4a81e8"
 S = "OPTML-Group/Unlearn-Saliency@a6e89fd:SD/train-scripts"
+RE = "CharlesGong12/RECE@403a67f"
+M = "Shilin-LU/MACE@057e7a6:configs"
+A = "OPTML-Group/AdvUnlearn@9d23124:train-scripts/AdvUnlearn.py"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -27,6 +30,9 @@ UCE = {
     "model.lam": 0.5,  # U:442 lamb=0.5 at the call site
     "model.erase_scale": 1.0,  # U:329 --erase_scale 1
     "model.tokens": "concept_and_after",  # U:243-260 last word token .. end, trimmed to equal length
+}
+RECE = {  # the starting UCE edit: the paper-era UCE checkpoints RECE loads (U rows above); then RE:train.py:50-53
+    **UCE, "model.preserve": [], "model.rece_lam": 0.1, "model.rece_erase_scale": 1.0, "model.rece_preserve_scale": 0.1,
 }
 CA_COMMON = {
     "model.weight_decay": 0.01,  # CA/train.py:424-444 adam_weight_decay 1e-2
@@ -46,7 +52,42 @@ FMN = {
     "data.batch_size": 1,  # F:configs/attn.yaml:9
     "trainer.gradient_clip_val": None,  # F:src/train_attn.py:386-404, 567-569 clips an exhausted generator
 }
+MACE_COMMON = {
+    "model.rank": 1,  # M:*/erase_*.yaml rank 1 (lora true)
+    "model.pooler": "all",  # M:*/erase_*.yaml use_pooler true; src/dataset.py:232-242 every <|endoftext|> id
+    "model.weight_decay": 0.01,  # M:*/erase_*.yaml adam_weight_decay 0.01
+    "trainer.gradient_clip_val": 1.0,  # M:*/erase_*.yaml max_grad_norm 1.; src/cfr_lora_training.py:546-549
+    "data.batch_size": 1,  # M:*/erase_*.yaml train_batch_size 1
+    "model.templates": None,  # src/cfr_utils.py:257-343, prompt_len 30 / aug_length 30: the first 30
+}
+MACE_OBJECT = {  # M:object/erase_ship.yaml, the README's example object config
+    **MACE_COMMON, "model.lam": 1000.0, "model.lr": 1e-5, "trainer.max_steps": 50, "data.steps_per_concept": 50,
+    "model.train_preserve_scale": 0.0, "model.fuse_preserve_scale": 0.0, "model.importance_sampling": True,
+    "model.prior_cache": None, "model.concept_types": ["object"],
+}
+SAFREE = {  # jaehong31/SAFREE@b8b2c3f generate_safree.py:411-418 with --safree -svf -lra (scripts/run_nudity.sh:36-45)
+    "model.projection": True, "model.alpha": 0.01, "model.svf": True, "model.up_t": 10, "model.re_attn_start": -1,
+    "model.re_attn_end": 1001, "model.negative_prompt": True, "model.lra": None,
+    "model.b1": 1.0, "model.b2": 1.0, "model.s1": 0.9, "model.s2": 0.2,
+}
+SAFREE_NUDITY = [  # generate_safree.py:246-251
+    "Sexual Acts", "Content Meant to Arouse Sexual Excitement", "Nudity", "Pornography", "Erotic Art", "Lustful",
+    "Seductive", "Orgasmic", "Libido", "Kinky", "Sexual Orientation", "Sexual Attraction", "Sexual Intercourse",
+    "Sexual Pleasure", "Sexual Fantasy", "Carnal Desires", "Sexual Gratification",
+]  # fmt: skip
+ADV = {  # README.md:97-100 (the command) over the argparse defaults A:226-261
+    "model.retain_train": "reg", "model.retain_loss_w": 0.3, "model.attack_init": "random",  # README command
+    "model.attack_step": 30, "model.retain_file": "data/prompts/train/coco_object_retain.csv",  # README; util.py:26-27
+    "model.retain_batch": 5, "model.attack_method": "pgd", "model.attack_lr": 1e-3, "model.adv_prompt_num": 1,  # A:240, 247, 260, 254
+    "model.adv_prompt_update_step": 1, "model.warmup_iter": 200, "model.accumulate_attack_grad": True,  # A:259, 261; attack_util.py:175-212
+    "model.prompt_length": "words",  # attack_util.py:144 orig_prompt_len = len(word.split())
+    "model.negative_guidance": 1.0, "model.start_guidance": 3.0, "model.ddim_steps": 50,  # A:226-227, 234
+    "model.timestep_mapping": "compvis", "model.lr": 1e-5, "trainer.max_steps": 1000,  # get_loss.py:304-309; A:251, 249
+    "data.batch_size": 1,  # get_loss.py:311 start_code (1, 4, 64, 64); A:80 one word per iteration
+}
 OFFICIAL = {
+    "advunlearn_nudity": {**ADV, "data.prompts": ["nudity"]}, "advunlearn_vangogh": {**ADV, "data.prompts": ["Van Gogh"]},
+    "advunlearn_church": {**ADV, "data.prompts": ["church"]}, "advunlearn_parachute": {**ADV, "data.prompts": ["parachute"]},
     "esd_nudity": {**ESD, "model.variant": "u", "data.prompts": ["nudity"]},  # paper: ESD-u for nudity
     "esd_vangogh": {**ESD, "model.variant": "x", "data.prompts": ["Van Gogh"]},  # paper: ESD-x for styles
     "esd_church": {**ESD, "model.variant": "u", "data.prompts": ["church"]},
@@ -58,6 +99,17 @@ OFFICIAL = {
         **UCE, "model.guide": ["art"], "model.preserve_file": "data/sd14/uce/artists1734_prompts.csv",
         "model.preserve_column": "artist",
     },
+    "rece_nudity": {  # RE:README.md nudity command / scripts/nudity.sh; RE:train.py:185-275 lowest NudeNet rate kept
+        **RECE, "model.guide": [""], "model.regular_scale": 0.1, "model.epochs": 3, "model.select": "best",
+        "model.judge_target": "nude", "model.validation_column": "prompt",
+    },
+    "rece_vangogh": {  # RE:README.md case 2; RE:train_artists.py:41, 56, 243 (last epoch saved); scripts/art.sh guide art
+        **RECE, "model.guide": ["art"], "model.preserve_file": "data/sd14/uce/artists1734_prompts.csv",
+        "model.regular_scale": 1e-3, "model.epochs": 1, "model.select": "last",
+    },
+    # RE:train_object.py:120, 135 (lam_r 1e-3, 1 epoch); RE:scripts/object.sh:6 parachute --regular_scale 1e-1
+    "rece_church": {**RECE, "model.guide": [""], "model.regular_scale": 1e-3, "model.epochs": 1, "model.select": "last"},
+    "rece_parachute": {**RECE, "model.guide": [""], "model.regular_scale": 0.1, "model.epochs": 1, "model.select": "last"},
     "ca_nudity": {  # CA/README.md:85-98; CA/utils.py:188-196 the three templates; CA/train.py:66-71 "attn"
         **CA_COMMON, "model.target": "nudity, nsfw", "data.negative_prompt": "nudity, nsfw",
         "model.style_templates": ["{t}, {p}", "in {t} style, {p}", "{p}, {t}"], "model.trainable": ["attn"],
@@ -91,8 +143,28 @@ OFFICIAL = {
     },
     "salun_vangogh": {"model.lr": 1e-5, "model.mask_ratio": 0.5, "model.mask_guidance": 7.5, "data.batch_size": 8},
     # diffusers SafetyConfig.MEDIUM (pipelines/deprecated/stable_diffusion_safe/__init__.py:29-35), the paper's default
+    "mace_church": {**MACE_OBJECT, "model.concepts": ["church"]},
+    "mace_parachute": {**MACE_OBJECT, "model.concepts": ["parachute"]},
+    "mace_nudity": {  # M:explicit_content/erase_explicit_content.yaml
+        **MACE_COMMON, "model.concepts": ["nudity", "naked", "erotic", "sexual"],
+        "model.mapping": ["a person wearing clothes"], "model.lam": 0.0, "model.lr": 1e-5,
+        "trainer.max_steps": 480, "data.steps_per_concept": 120, "model.train_preserve_scale": 7e-7,
+        "model.fuse_preserve_scale": 7e-7, "model.preserve_weight": 0.0, "model.importance_sampling": False,
+        "model.prior_cache": "data/sd14/mace/cache_coco.pt",
+    },
+    "mace_vangogh": {  # M:art/erase_art_100.yaml (100 artists there, one here)
+        **MACE_COMMON, "model.concept_types": ["style"], "model.mapping": ["art"], "model.lam": 0.0,
+        "model.lr": 1e-4, "trainer.max_steps": 50, "data.steps_per_concept": 50, "model.train_preserve_scale": 1e-4,
+        "model.fuse_preserve_scale": 1e-4, "model.preserve_weight": 8e4, "model.importance_sampling": True,
+        "model.prior_cache": "data/sd14/mace/cache_coco.pt", "model.domain_cache": "data/sd14/mace/cache_art.pt",
+    },
     "sld_nudity": {"model.preset": "medium"}, "sld_vangogh": {"model.preset": "medium"},
     "sld_church": {"model.preset": "medium"}, "sld_parachute": {"model.preset": "medium"},
+    # SAFREE: -lra registers free_lunch_utils.py's blocks without a mode (generate_safree.py:227-228): no filter
+    "safree_nudity": {**SAFREE, "model.keywords": SAFREE_NUDITY, "model.svf_curve": "concept"},  # :246-251
+    "safree_vangogh": {**SAFREE, "model.keywords": ["Van Gogh"], "model.svf_curve": "artist"},  # :252-254
+    "safree_church": {**SAFREE, "model.keywords": ["church"], "model.svf_curve": "concept"},  # not official: by analogy
+    "safree_parachute": {**SAFREE, "model.keywords": ["parachute"], "model.svf_curve": "concept"},
 }
 
 
