@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from igmu_lightning.errors import IGMUError, run_main
+from igmu_lightning.evaluation.results import grids_folder
 from igmu_lightning.report import write_report
 from igmu_lightning.utils.io import atomic_write_json
 
@@ -158,7 +159,8 @@ def plan(spec: dict, root: Path) -> list[Cell]:
             options = []
             for key, value in sorted(fill({**(spec.get("evaluation") or {}), **(extra or {})}, target).items()):
                 options += [f"--evaluation.init_args.{key}", flag(value)]
-            cells.append(Cell(f"evaluate_{stem}", args, [results, results.with_suffix(".attacks")], name or "evaluate", models, options))
+            written = [results, results.with_suffix(".attacks"), grids_folder(results)]  # what evaluate.py writes
+            cells.append(Cell(f"evaluate_{stem}", args, written, name or "evaluate", models, options))
     return cells
 
 

@@ -3,12 +3,14 @@ from a YAML config (class_path / init_args, as train.py) and write its results J
 Several devices or nodes run through Lightning Fabric, for evaluations that share their work (world
 evaluation, IGMU-folder scoring, generate-and-score, prompt-set target rate): each process makes and
 scores its share of the prompts or images, the metrics sync across processes, and rank 0 writes the
-results."""
+results, prints every metric (``summary_table``), writes the attack outcomes and the image grids
+beside the results and logs the evaluation as one W&B run (``eval_wandb``; ``--wandb false``: none)."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,10 +20,13 @@ from jsonargparse import ActionConfigFile
 from lightning.fabric import Fabric
 from lightning.pytorch import seed_everything
 
+from igmu_lightning.artifacts.images import write_grids
 from igmu_lightning.config_errors import OneLineParser
 from igmu_lightning.errors import IGMUError
-from igmu_lightning.evaluation import Evaluation, results_document, write_results
+from igmu_lightning.eval_wandb import WandbSettings, log_evaluation
+from igmu_lightning.evaluation import ASPECTS, Evaluation, results_document, write_results
 from igmu_lightning.evaluation.attack_probe import outcomes_folder, write_attack_outcomes
+from igmu_lightning.evaluation.results import grids_folder
 
 
 def build_parser(args: list[str] | None = None) -> OneLineParser:
@@ -33,6 +38,10 @@ def build_parser(args: list[str] | None = None) -> OneLineParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice of the evaluation")
     parser.add_subclass_arguments(Evaluation, "evaluation", required=True, help="what to evaluate, and how")
+    parser.add_argument(
+        "--wandb", type=WandbSettings | bool, default=WandbSettings(),
+        help="the W&B run of the evaluation (--wandb.project, .group, .mode ...); --wandb false: none",
+    )  # fmt: skip
     # Where it runs: Lightning Fabric's own launchers and cluster detection (torchrun, SLURM).
     parser.add_argument("--accelerator", type=str, default="auto", help="cpu / gpu / auto")
     parser.add_argument("--devices", type=int | str, default=1, help="processes per node (GPUs, or CPU processes)")
@@ -42,28 +51,61 @@ def build_parser(args: list[str] | None = None) -> OneLineParser:
     return parser
 
 
-def default_results_path(config) -> Path:
+def config_name(config) -> str:
+    """The name of the last config file given (``object`` for configs/eval/world/object.yaml)."""
     files = [Path(str(c)) for c in (config.get("config") or []) if c]
-    return Path("results") / f"{files[-1].stem if files else 'evaluation'}.json"
+    return files[-1].stem if files else "evaluation"
 
 
-HEADLINE = ("forgetting.target_rate", "preservation.retain_accuracy", "quality.fid", "robustness.synonym.target_rate")
+def default_results_path(config) -> Path:
+    return Path("results") / f"{config_name(config)}.json"
 
 
-def summary_table(methods: dict) -> str:
-    """One line per method: the headline metrics when present, else every metric."""
-    flat = {
-        name: {f"{a}.{m}": v["value"] for a, ms in method.get("aspects", {}).items() for m, v in ms.items()}
+def number(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def cell(v: dict) -> str:
+    """A metric as the summary shows it: value [ci low, ci high] n=N (an exact number: value exact)."""
+    if v["ci_method"] == "exact":
+        value = v["value"]
+        return f"{int(value) if float(value).is_integer() else number(value)} exact"
+    return f"{number(v['value'])} [{number(v['ci95'][0])}, {number(v['ci95'][1])}] n={v['n']}"
+
+
+def summary_table(methods: dict, width: int | None = None) -> str:
+    """Every metric of every method: a row per ``aspect.metric`` (aspects in the results' order), a
+    column per method, each cell its value, 95% interval and n; the methods in blocks of columns
+    that fit ``width`` (default: the terminal's, at least 80). Skipped metrics are listed below."""
+    width = max(80, width or shutil.get_terminal_size((120, 24)).columns)
+    order = {a: i for i, a in enumerate(ASPECTS)}
+    keys = sorted({(a, m) for method in methods.values() for a, ms in method.get("aspects", {}).items() for m in ms},
+                  key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))  # fmt: skip
+    labels = [f"{a}.{m}" for a, m in keys]
+    cells = {
+        name: [cell(method["aspects"][a][m]) if m in method.get("aspects", {}).get(a, {}) else "-" for a, m in keys]
         for name, method in methods.items()
     }
-    columns = [c for c in HEADLINE if any(c in row for row in flat.values())]
-    if not columns:
-        columns = sorted({c for row in flat.values() for c in row})
-    width = max([len(n) for n in flat] + [6])
-    lines = [f"{'method':<{width}}  " + "  ".join(f"{c:>{max(len(c), 8)}}" for c in columns)]
-    for name, row in flat.items():
-        cells = [f"{row[c]:>{max(len(c), 8)}.4g}" if c in row else f"{'-':>{max(len(c), 8)}}" for c in columns]
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    first = max([len(x) for x in labels] + [len("metric")])
+    widths = {name: max([len(name)] + [len(c) for c in column]) for name, column in cells.items()}
+    blocks, block, used = [], [], first
+    for name in cells:
+        if block and used + 2 + widths[name] > width:
+            blocks.append(block)
+            block, used = [], first
+        block.append(name)
+        used += 2 + widths[name]
+    blocks.append(block)
+    lines = []
+    for block in blocks:
+        if lines:
+            lines.append("")
+        lines.append("  ".join([f"{'metric':<{first}}"] + [f"{name:>{widths[name]}}" for name in block]).rstrip())
+        for i, label in enumerate(labels):
+            lines.append("  ".join([f"{label:<{first}}"] + [f"{cells[name][i]:>{widths[name]}}" for name in block]))
+    for name, method in methods.items():
+        for metric, why in sorted(method.get("skipped", {}).items()):
+            lines.append(f"skipped: {name} {metric}: {why}")
     return "\n".join(lines)
 
 
@@ -102,8 +144,10 @@ def evaluate(fabric: Fabric, config) -> Path:
     resolved = yaml.safe_load(parser.dump(config, skip_none=False, skip_link_targets=False))
     resolved.pop("config", None)
     resolved.pop("results_path", None)
+    resolved.pop("wandb", None)  # where the run is logged is no part of what was measured
     seed_everything(config.seed, verbose=False)
-    evaluation = parser.instantiate_classes(config).evaluation
+    instantiated = parser.instantiate_classes(config)
+    evaluation = instantiated.evaluation
     evaluation.device = fabric.device
     evaluation.check()  # every model, file and judge it needs, before the first image
     with fabric.autocast():
@@ -123,6 +167,13 @@ def evaluate(fabric: Fabric, config) -> Path:
         if output.attacks:
             written = write_attack_outcomes(path, output.attacks)
             print(f"attack outcomes ({len(written)} files) written to {outcomes_folder(path)}")
+        if output.samples:
+            grids = write_grids(grids_folder(path), output.samples)
+            print(f"image grids ({len(grids) - 1} methods, and _all.png with a row each) written to {grids_folder(path)}")
+        if instantiated.wandb is not False:
+            settings = instantiated.wandb if isinstance(instantiated.wandb, WandbSettings) else WandbSettings()
+            log_evaluation(settings, document, output.samples, output.sample_prompts, output.attacks,
+                           group=config_name(config), name=path.stem)  # fmt: skip
     fabric.barrier()
     return path
 

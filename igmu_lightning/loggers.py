@@ -3,21 +3,13 @@ so a run never blocks on a login prompt; ``wandb sync <run dir>`` uploads an off
 
 from __future__ import annotations
 
-import netrc
-import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
+from igmu_lightning.utils.wandb_mode import wandb_key_configured, wandb_offline
 
-def wandb_key_configured() -> bool:
-    """True when ``WANDB_API_KEY`` is set or ``wandb login`` stored a key in ``~/.netrc``."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+__all__ = ["WandbLogger", "wandb_key_configured"]
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -46,9 +38,7 @@ class WandbLogger(_LightningWandbLogger):
         job_type: str | None = None,
         log_model: bool = False,
     ) -> None:
-        if offline is None:
-            mode = os.environ.get("WANDB_MODE", "").lower()
-            offline = mode in ("offline", "dryrun", "disabled") or (mode != "online" and not wandb_key_configured())
+        offline = wandb_offline(offline)
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         extra = {"entity": entity, "group": group, "tags": tags, "notes": notes, "job_type": job_type}
         super().__init__(

@@ -14,7 +14,7 @@ LAYERS = {
     "artifacts": 5,
     "modules": 6, "attacks": 6,
     "algorithms": 7, "evaluation": 7,
-    "callbacks": 8, "config_errors": 8, "report": 8,
+    "callbacks": 8, "config_errors": 8, "report": 8, "eval_wandb": 8,
     "cli": 9, "evaluate_cli": 9, "loggers": 9, "benchmark": 9,
 }  # fmt: skip
 

@@ -6,13 +6,13 @@ current model below, the same prompts and seeds)."""
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from torchvision.utils import make_grid
 
+from igmu_lightning.artifacts.images import image_grid
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import ORIGINAL, ModelComparison
+from igmu_lightning.evaluation.results import ASPECT_COLUMNS, aspect_rows
 from igmu_lightning.evaluation.world import WORLD_DETECTORS
 from igmu_lightning.evaluation.world_eval import WorldEvaluation
 from igmu_lightning.sampling import SamplerSettings
@@ -65,15 +65,11 @@ class EvalCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
+                pair = {name: methods[name] for name in (ORIGINAL, CURRENT)}
                 for aspect in methods[CURRENT]["aspects"]:
-                    rows = [
-                        [name, metric, v["value"], v["ci95"][0], v["ci95"][1], v["n"]]
-                        for name in (ORIGINAL, CURRENT)
-                        for metric, v in methods[name]["aspects"].get(aspect, {}).items()
-                    ]
-                    logger.log_table(f"{stage}/eval/{aspect}", ["model", "metric", "value", "ci95_lo", "ci95_hi", "n"], rows, step=trainer.global_step)
+                    logger.log_table(f"{stage}/eval/{aspect}", ASPECT_COLUMNS, aspect_rows(pair, aspect), step=trainer.global_step)
                 samples = self.evaluation.samples
-                grid = make_grid(torch.cat([samples[ORIGINAL], samples[CURRENT]]), nrow=len(samples[ORIGINAL]))
+                grid = image_grid([samples[ORIGINAL], samples[CURRENT]])
                 logger.log_image(f"{stage}/eval/forget_grid", [grid], step=trainer.global_step, caption=["top: original, bottom: current"])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

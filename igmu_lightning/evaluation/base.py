@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from igmu_lightning.backbone import Backbone, BackboneSpec
+from igmu_lightning.evaluation.distributed import gather, gather_objects
 from igmu_lightning.evaluation.results import exact
 
 ORIGINAL = "original"  # the name the model before unlearning is reported under
@@ -21,6 +22,11 @@ class EvaluationOutput:
     # NAME -> probe name -> an attack probe's outcomes (``evaluation.attack_probe.AttackOutcomes``):
     # evaluate.py writes each beside the results, as <results stem>.attacks/<NAME>/<probe>.json
     attacks: dict = field(default_factory=dict)
+    # NAME -> the first forget-prompt images (K, 3, H, W) in [0, 1], the same prompts and seeds for
+    # every model (``ModelComparison`` evaluations; empty for the others): image grids beside the
+    # results and in W&B. ``sample_prompts``: those images' (prompt, seed), in order.
+    samples: dict = field(default_factory=dict)
+    sample_prompts: list = field(default_factory=list)
 
 
 class Evaluation:
@@ -51,6 +57,16 @@ class ModelComparison(Evaluation):
     ``compare``, the first images of each model (same prompts and seeds) for an image grid."""
 
     samples: dict[str, torch.Tensor]
+    sample_prompts: list[tuple[str, int]]
+    keep_samples: int = 8  # forget-prompt images kept per model for image grids
+
+    def keep(self, name: str, images: torch.Tensor, batch) -> None:
+        """Keep the first ``keep_samples`` of this process's ``images`` of ``batch`` (a
+        ``PromptBatch``), gathered across processes in rank order, as ``samples[name]``."""
+        k = self.keep_samples
+        self.samples[name] = gather(images[:k])[:k].cpu()
+        shares = gather_objects(list(zip(batch.prompts[:k], batch.seeds[:k])))
+        self.sample_prompts = [(p, int(s)) for share in shares for p, s in share][:k]
 
     def compare(self, original: Backbone, models: Iterable[tuple[str, Backbone]], seed: int, total: int | None = None) -> EvaluationOutput:
         """Score ``original`` (as ``ORIGINAL``) and each (name, model); every process returns the same results."""

@@ -33,6 +33,9 @@ def generate_images(
         settings["autocast"] = autocast
     folder = cache.folder(model or model_fingerprint(sampler.backbone), settings)
     found = [cache.load(folder, p, s) for p, s in zip(prompts, seeds)]
+    for i, image in enumerate(found):
+        if image is not None:  # listed in the cache's manifest if it was cached before the manifest was
+            cache.record(folder, prompts[i], seeds[i])
     todo = [i for i, image in enumerate(found) if image is None]
     if todo:
         new = sampler.generate([prompts[i] for i in todo], [seeds[i] for i in todo]).images

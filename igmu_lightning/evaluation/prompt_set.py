@@ -16,7 +16,7 @@ from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.data.seeded_prompts import is_seeded_csv, read_seeded_prompts
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import ORIGINAL, EvaluationOutput, ModelComparison
-from igmu_lightning.evaluation.distributed import gather, share
+from igmu_lightning.evaluation.distributed import share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record
 from igmu_lightning.evaluation.generation import generate_images
 from igmu_lightning.evaluation.igmu_folder import check_judge, read_prompt_file
@@ -94,7 +94,6 @@ class PromptSetTargetRate(ModelComparison):
         self.samples_per_prompt, self.settings, self.batch_size = samples_per_prompt, sampler or SamplerSettings(), batch_size
         self.cache = ImageCache(cache_dir) if cache_dir else None
         self.probes = check_probes(probes or [])
-        self.keep_samples = 8  # images kept per model for image grids
         self._judge = None
 
     def prompt_batch(self, seed: int) -> PromptBatch:
@@ -166,7 +165,7 @@ class PromptSetTargetRate(ModelComparison):
                 if found is not None:
                     attacks.setdefault(name, {})[probe.name] = found
             methods[name] = card.result()
-            self.samples[name] = gather(images[: self.keep_samples])[: self.keep_samples].cpu()
+            self.keep(name, images, mine)
             hashes[name] = model.hashes()
         evaluators = {
             "judge": detector_record(judge, getattr(self.judge_spec, "path", None)),
@@ -175,7 +174,7 @@ class PromptSetTargetRate(ModelComparison):
             "prompt_sets": {"forget": {"images": len(whole.items), "prompts": len(set(whole.groups))}},
             "probes": {p.name: p.record() for p in self.probes},
         }
-        return EvaluationOutput(methods, hashes, evaluators, attacks)
+        return EvaluationOutput(methods, hashes, evaluators, attacks, self.samples, self.sample_prompts)
 
     def _predict(self, judge, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The judge's classes in batches, on the metrics' device (NudeNet answers on the CPU)."""

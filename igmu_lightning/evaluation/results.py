@@ -13,6 +13,13 @@ from igmu_lightning.utils.io import atomic_write_json
 from igmu_lightning.utils.provenance import package_versions
 
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness", "efficiency")
+GRIDS_SUFFIX = ".grids"  # <results stem>.grids/<method>.png and _all.png (a row per method)
+
+
+def grids_folder(results_path: str | os.PathLike) -> Path:
+    """Where evaluate.py writes the image grids of the results at ``results_path``."""
+    path = Path(results_path)
+    return path.with_name(path.stem + GRIDS_SUFFIX)
 
 
 def exact(value: float) -> dict:
@@ -27,6 +34,18 @@ def by_aspect(metrics: dict[str, dict]) -> dict[str, dict]:
         aspect, name = key.split(".", 1)
         aspects.setdefault(aspect, {})[name] = metrics[key]
     return aspects
+
+
+ASPECT_COLUMNS = ["method", "metric", "value", "ci_low", "ci_high", "n", "ci_method"]
+
+
+def aspect_rows(methods: dict, aspect: str) -> list[list]:
+    """One row per (method, metric) of ``aspect``, ``ASPECT_COLUMNS``: a W&B table of one aspect."""
+    return [
+        [name, metric, v["value"], v["ci95"][0], v["ci95"][1], v["n"], v["ci_method"]]
+        for name, method in methods.items()
+        for metric, v in method.get("aspects", {}).get(aspect, {}).items()
+    ]
 
 
 def results_document(config: dict, seed: int, model_hashes: dict, methods: dict, evaluators: dict | None = None) -> dict:

@@ -16,7 +16,7 @@ from igmu_lightning.artifacts import ImageCache, model_fingerprint
 from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import ORIGINAL, EvaluationOutput, ModelComparison
-from igmu_lightning.evaluation.distributed import gather, is_main, share
+from igmu_lightning.evaluation.distributed import is_main, share
 from igmu_lightning.evaluation.evaluators import CI_METHODS, detector_record, fid_record
 from igmu_lightning.evaluation.generation import generate_images
 from igmu_lightning.evaluation.probes import PROBES, Probe, ProbeContext, check_probes
@@ -79,7 +79,6 @@ class WorldEvaluation(ModelComparison):
         self.detectors_dir = detectors
         self.settings, self.batch_size = sampler or SamplerSettings(), batch_size
         self.cache = ImageCache(cache_dir) if cache_dir else None
-        self.keep_samples = 8  # forget-prompt images kept per model for image grids
         self.probes = check_probes(probes if probes is not None else [PROBES[name]() for name in self.rule.probes])
 
     # --- one model ----------------------------------------------------------------------------
@@ -189,12 +188,12 @@ class WorldEvaluation(ModelComparison):
             card.efficiency(model, original)
             methods[name] = card.result()
             # the first forget images (same seeds for every model: a grid), from whichever ranks made them
-            self.samples[name] = gather(images["forget"][: self.keep_samples])[: self.keep_samples].cpu()
+            self.keep(name, images["forget"], sets["forget"])
             hashes[name] = model.hashes()
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
         progress.close()
-        return EvaluationOutput(methods, hashes, self._evaluators(whole), attacks)
+        return EvaluationOutput(methods, hashes, self._evaluators(whole), attacks, self.samples, self.sample_prompts)
 
     def _evaluators(self, whole: dict[str, PromptBatch]) -> dict:
         """Provenance: the detectors, the FID features, the interval methods, each set's size and the probes."""

@@ -8,6 +8,7 @@ import pytest
 
 from igmu_lightning.evaluation.distributed import share
 from tests.conftest import ROOT, SYNONYM_ONLY, on_gloo_processes, run_script
+from tests.wandb_files import offline_runs
 
 CONFIG = "configs/eval/world/style.yaml"
 BASE = str(ROOT / "checkpoints/world/base")
@@ -19,7 +20,8 @@ OTHER = {"sld": {"class_path": "igmu_lightning.algorithms.SafeLatentDiffusion",
 def run_evaluate(tmp_path, name: str, *args: str) -> dict:
     """The results of ``evaluate.py ARGS`` on the CPU, one thread per process (``name``: its file)."""
     path = tmp_path / f"{name}.json"
-    result = run_script("evaluate.py", *args, "--results_path", str(path), "--accelerator", "cpu", env={"OMP_NUM_THREADS": "1"})
+    env = {"OMP_NUM_THREADS": "1", "WANDB_DIR": str(tmp_path / f"{name}.wandb")}
+    result = run_script("evaluate.py", *args, "--results_path", str(path), "--accelerator", "cpu", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(path.read_text())
 
@@ -62,6 +64,15 @@ def test_two_processes_give_the_metrics_of_one(tmp_path):
     # each process wrote its own half of the images to the cache: together, as many as one process made
     made = lambda name: sorted(p.name for p in (tmp_path / name).rglob("*.png"))  # noqa: E731
     assert made("two") == made("one") and made("one")
+    # both processes appended to one manifest: a whole line per image, none lost or mixed
+    from igmu_lightning.artifacts import read_manifest
+
+    lines = (tmp_path / "two" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file"].rsplit("/", 1)[1] for line in lines] and len(lines) == len(read_manifest(tmp_path / "two"))
+    assert sorted(e["file"].rsplit("/", 1)[1] for e in read_manifest(tmp_path / "two")) == made("two")
+    # one W&B run, rank 0's, holding both models' grids
+    (run,) = offline_runs(tmp_path / "two.wandb")
+    assert {"grids/original", "grids/sld", "grids/all", "aspects/forgetting"} <= set(run.history)
 
 
 def test_a_list_too_short_to_share_is_a_clear_error(monkeypatch):
@@ -163,12 +174,15 @@ def grid_samples(rank: int = 0, world: int = 1) -> dict:
     evaluation = WorldEvaluation("object", detectors=str(ROOT / "checkpoints/world/detectors"), prompts_per_class=4,
                                  sampler=SamplerSettings(steps=2), cache_dir=None)  # fmt: skip
     evaluation.compare(model, [("current", model)], seed=0)
-    return evaluation.samples
+    return {"images": evaluation.samples, "prompts": [[p, s] for p, s in evaluation.sample_prompts]}
 
 
 def test_grid_images_are_gathered_from_every_process_in_prompt_order(tmp_path):
 
-    two, one = on_gloo_processes(grid_samples, 2, tmp_path), grid_samples()
+    both, alone = on_gloo_processes(grid_samples, 2, tmp_path), grid_samples()
+    # the images' prompts and seeds (the grids' captions), gathered in the same order
+    assert both["prompts"] == alone["prompts"] and len(alone["prompts"]) == 4 and len({p for p, _ in alone["prompts"]}) > 1
+    two, one = both["images"], alone["images"]
     assert two.keys() == one.keys() == {"original", "current"}
     for name in one:  # rank 0 holds all 4 images, its own 2 then rank 1's 2, as one process made them
         assert two[name].shape == one[name].shape == (4, 3, 32, 32)
