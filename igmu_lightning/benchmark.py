@@ -14,10 +14,11 @@ cell, not the run:
   of the tier (``evaluate_<target>_<name>``, ``results/<target>_<name>.json``).
 
 A cell is done when its done-marker (``cells/<cell>/done.json``, written atomically after the
-process succeeded) holds the same command; a done cell is never redone. Any other cell (never
-run, interrupted, failed, or its command changed) has its outputs removed first and runs from
-scratch. A progress line per cell shows the time elapsed and an estimate of the time left. At the
-end the report (``igmu_lightning.report``) is written from the results there."""
+process succeeded) holds the same command; a done cell is never redone. Any other cell (never run,
+interrupted, failed, or its command changed) has its outputs removed first and runs from scratch,
+except that an evaluation keeps the methods it had finished (``evaluation.resume``). A progress line
+per cell shows the time elapsed and an estimate of the time left. At the end the report
+(``igmu_lightning.report``) is written from the results there."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from igmu_lightning.errors import IGMUError, run_main
-from igmu_lightning.evaluation.results import grids_folder
+from igmu_lightning.evaluation.results import figures_folder, grids_folder
 from igmu_lightning.report import write_report
 from igmu_lightning.utils.io import atomic_write_json
 
@@ -159,7 +160,8 @@ def plan(spec: dict, root: Path) -> list[Cell]:
             options = []
             for key, value in sorted(fill({**(spec.get("evaluation") or {}), **(extra or {})}, target).items()):
                 options += [f"--evaluation.init_args.{key}", flag(value)]
-            written = [results, results.with_suffix(".attacks"), grids_folder(results)]  # what evaluate.py writes
+            # what evaluate.py writes; not its <stem>.partial/, the methods it finished, which a rerun keeps
+            written = [results, results.with_suffix(".attacks"), grids_folder(results), figures_folder(results)]
             cells.append(Cell(f"evaluate_{stem}", args, written, name or "evaluate", models, options))
     return cells
 

@@ -9,9 +9,10 @@ benchmark (the config's name) so the evaluations of one benchmark compare in one
                            every method), and grids/all with a row per method
     attacks                the adversarial prompts the attack probes found: method, probe, prompt,
                            seed, adversarial_prompt, pre, post
-    summary                <method>/<aspect>.<metric>: each value, for the workspace's run table
-
-Figures (trade-off plots) are not logged here: the benchmark report makes them from the results."""
+    figures/<kind>         the benchmark report's figures of these results (trade-off with the
+                           Pareto front, profile over the aspects, plain vs attacked, image grid),
+                           as evaluate.py writes them beside the results, each with its caption
+    summary                <method>/<aspect>.<metric>: each value, for the workspace's run table"""
 
 from __future__ import annotations
 
@@ -67,10 +68,11 @@ def attack_rows(attacks: dict) -> list[list]:
 
 
 def log_evaluation(settings: WandbSettings, document: dict, samples: dict, sample_prompts: list, attacks: dict,
-                   group: str, name: str) -> Path | None:  # fmt: skip
+                   group: str, name: str, figures: dict[str, tuple[Path, str]] | None = None) -> Path | None:  # fmt: skip
     """Log one evaluation as one W&B run (see the module's docstring); the run's folder, or None when
     wandb is not installed or the run could not be made (one line says why; the results on disk
-    are untouched). ``group`` and ``name`` stand in for the settings' unset ones."""
+    are untouched). ``group`` and ``name`` stand in for the settings' unset ones; ``figures``:
+    kind -> (PNG, caption)."""
     try:
         import wandb
     except ImportError:
@@ -100,6 +102,8 @@ def log_evaluation(settings: WandbSettings, document: dict, samples: dict, sampl
                 logged[f"grids/{method}"] = wandb.Image(_pixels(image_grid([images])), caption=caption)
             logged["grids/all"] = wandb.Image(_pixels(image_grid(list(samples.values()))),
                                               caption=f"rows: {', '.join(samples)}; columns: {caption}")  # fmt: skip
+        for kind, (png, caption) in (figures or {}).items():
+            logged[f"figures/{kind}"] = wandb.Image(str(png), caption=caption)
         if attacks:
             logged["attacks"] = wandb.Table(columns=ATTACK_COLUMNS, data=attack_rows(attacks))
         run.log(logged)

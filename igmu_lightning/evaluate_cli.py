@@ -3,8 +3,9 @@ from a YAML config (class_path / init_args, as train.py) and write its results J
 Several devices or nodes run through Lightning Fabric, for evaluations that share their work (world
 evaluation, IGMU-folder scoring, generate-and-score, prompt-set target rate): each process makes and
 scores its share of the prompts or images, the metrics sync across processes, and rank 0 writes the
-results, prints every metric (``summary_table``), writes the attack outcomes and the image grids
-beside the results and logs the evaluation as one W&B run (``eval_wandb``; ``--wandb false``: none)."""
+results, prints every metric (``summary_table``), writes the attack outcomes, the image grids and
+the report's figures beside the results and logs the evaluation as one W&B run (``eval_wandb``; ``--wandb false``: none). An evaluation that compares models keeps each method as it
+is scored (``evaluation.resume``): started again after a crash or a stop, it scores only the rest."""
 
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ from igmu_lightning.errors import IGMUError
 from igmu_lightning.eval_wandb import WandbSettings, log_evaluation
 from igmu_lightning.evaluation import ASPECTS, Evaluation, results_document, write_results
 from igmu_lightning.evaluation.attack_probe import outcomes_folder, write_attack_outcomes
-from igmu_lightning.evaluation.results import grids_folder
+from igmu_lightning.evaluation.base import ModelComparison
+from igmu_lightning.evaluation.distributed import is_main
+from igmu_lightning.evaluation.results import figures_folder, grids_folder
+from igmu_lightning.evaluation.resume import FinishedMethods, partial_folder
+from igmu_lightning.report import document as report_document
+from igmu_lightning.report import make_figures
 
 
 def build_parser(args: list[str] | None = None) -> OneLineParser:
@@ -150,6 +156,12 @@ def evaluate(fabric: Fabric, config) -> Path:
     evaluation = instantiated.evaluation
     evaluation.device = fabric.device
     evaluation.check()  # every model, file and judge it needs, before the first image
+    if isinstance(evaluation, ModelComparison):  # each method kept as it ends; a rerun skips the finished ones
+        evaluation.finished_methods = FinishedMethods(partial_folder(path), resolved, config.seed)
+        kept = evaluation.finished_methods.count()
+        if kept and is_main():
+            print(f"resuming: {kept} method(s) of an earlier run are kept in {partial_folder(path)}; those whose config, "
+                  "seed and models are unchanged are not scored again")  # fmt: skip
     with fabric.autocast():
         output = evaluation.run(seed=config.seed)
     if fabric.global_rank == 0:
@@ -170,12 +182,31 @@ def evaluate(fabric: Fabric, config) -> Path:
         if output.samples:
             grids = write_grids(grids_folder(path), output.samples)
             print(f"image grids ({len(grids) - 1} methods, and _all.png with a row each) written to {grids_folder(path)}")
+        figures = write_figures(path, document)
         if instantiated.wandb is not False:
             settings = instantiated.wandb if isinstance(instantiated.wandb, WandbSettings) else WandbSettings()
             log_evaluation(settings, document, output.samples, output.sample_prompts, output.attacks,
-                           group=config_name(config), name=path.stem)  # fmt: skip
+                           group=config_name(config), name=path.stem, figures=figures)  # fmt: skip
+        if isinstance(evaluation, ModelComparison):  # everything is written: the kept methods are no longer needed
+            evaluation.finished_methods.clear()
     fabric.barrier()
     return path
+
+
+def write_figures(path: Path, document: dict) -> dict[str, tuple[Path, str]]:
+    """The benchmark report's figures of these results (``report.make_figures``: trade-off, profile,
+    attacks, grid) beside them in ``<stem>.figures/``; kind -> (PNG, caption) of those made. A
+    figure that cannot be made (no such metric, images not cached) is named with why, one line
+    each; the results are written already, so nothing here fails the evaluation."""
+    made = {}
+    for kind, (written, caption) in make_figures(report_document(path.stem, document, path), figures_folder(path)):
+        if written is None:
+            print(f"figure '{kind}' not made: {caption}")
+        else:
+            made[kind] = (written, caption)
+    if made:
+        print(f"figures ({', '.join(made)}) written to {figures_folder(path)}")
+    return made
 
 
 def check_results_path(path: Path) -> None:

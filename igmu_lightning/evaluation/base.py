@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from igmu_lightning.backbone import Backbone, BackboneSpec
-from igmu_lightning.evaluation.distributed import gather, gather_objects
+from igmu_lightning.evaluation.distributed import gather, gather_objects, is_main
 from igmu_lightning.evaluation.results import exact
+from igmu_lightning.evaluation.resume import Finished, FinishedMethods
 
 ORIGINAL = "original"  # the name the model before unlearning is reported under
 
@@ -59,6 +60,32 @@ class ModelComparison(Evaluation):
     samples: dict[str, torch.Tensor]
     sample_prompts: list[tuple[str, int]]
     keep_samples: int = 8  # forget-prompt images kept per model for image grids
+    # set by evaluate.py: each method kept as it is scored, and taken back on a rerun (``resume``)
+    finished_methods: FinishedMethods | None = None
+
+    def resumed(self, name: str, model_id: str, original_id: str, output: EvaluationOutput) -> bool:
+        """Whether ``name`` was scored by an earlier, interrupted run of this evaluation (same config,
+        seed and models: ``model_id`` / ``original_id`` are the fingerprints); if so its results,
+        attack outcomes and images are put into ``output`` and ``samples``. Rank 0 reads the record,
+        every rank takes its answer, so all skip the same methods."""
+        if self.finished_methods is None:
+            return False
+        found = gather_objects(self.finished_methods.load(name, model_id, original_id) if is_main() else None)[0]
+        if found is None:
+            return False
+        output.methods[name], output.model_hashes[name] = found.result, found.hashes
+        if found.attacks:
+            output.attacks[name] = found.attacks
+        if found.samples is not None:
+            self.samples[name], self.sample_prompts = found.samples, found.sample_prompts
+        return True
+
+    def finished(self, name: str, model_id: str, original_id: str, output: EvaluationOutput) -> None:
+        """Keep ``name``'s part of ``output`` (rank 0 writes), now that it is scored."""
+        if self.finished_methods is not None and is_main():
+            record = Finished(output.methods[name], output.model_hashes[name], output.attacks.get(name, {}),
+                              self.samples.get(name), self.sample_prompts)  # fmt: skip
+            self.finished_methods.save(name, model_id, original_id, record)
 
     def keep(self, name: str, images: torch.Tensor, batch) -> None:
         """Keep the first ``keep_samples`` of this process's ``images`` of ``batch`` (a

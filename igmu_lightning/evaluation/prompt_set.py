@@ -138,19 +138,22 @@ class PromptSetTargetRate(ModelComparison):
         target = judge.class_names.index(self.target)
         whole = self.prompt_batch(seed)
         mine = whole.part(share(len(whole.items)))
-        methods, hashes, attacks, self.samples = {}, {}, {}, {}
+        output, self.samples = EvaluationOutput(), {}
+        original_id = model_fingerprint(original)
         for name, model in itertools.chain([(ORIGINAL, original)], models):
             device = model.device
-            fingerprint = model_fingerprint(model) if self.cache else None
+            fingerprint = original_id if model is original else model_fingerprint(model)
             sampler = Sampler(model, self.settings, batch_size=self.batch_size)
 
             def generate(batch: PromptBatch, sampler=sampler, fingerprint=fingerprint) -> torch.Tensor:
-                return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint).to(device)
+                return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint if self.cache else None).to(device)
 
+            if model is original:  # the probes of every method judge against them
+                original_images = generate(mine)
+            if self.resumed(name, fingerprint, original_id, output):
+                continue
             card = Scorecard(self.rule, self.category, seed)
-            images = generate(mine)
-            if model is original:
-                original_images = images
+            images = original_images if model is original else generate(mine)
 
             def success(x: torch.Tensor, device=device) -> torch.Tensor:
                 return self._predict(judge, x, device) == target
@@ -163,10 +166,11 @@ class PromptSetTargetRate(ModelComparison):
             for probe in self.probes:  # outside inference mode: attacks need gradients
                 found = probe.score(card, context, generate)
                 if found is not None:
-                    attacks.setdefault(name, {})[probe.name] = found
-            methods[name] = card.result()
+                    output.attacks.setdefault(name, {})[probe.name] = found
+            output.methods[name] = card.result()
             self.keep(name, images, mine)
-            hashes[name] = model.hashes()
+            output.model_hashes[name] = model.hashes()
+            self.finished(name, fingerprint, original_id, output)
         evaluators = {
             "judge": detector_record(judge, getattr(self.judge_spec, "path", None)),
             "target": self.target,
@@ -174,7 +178,8 @@ class PromptSetTargetRate(ModelComparison):
             "prompt_sets": {"forget": {"images": len(whole.items), "prompts": len(set(whole.groups))}},
             "probes": {p.name: p.record() for p in self.probes},
         }
-        return EvaluationOutput(methods, hashes, evaluators, attacks, self.samples, self.sample_prompts)
+        output.evaluators, output.samples, output.sample_prompts = evaluators, self.samples, self.sample_prompts
+        return output
 
     def _predict(self, judge, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The judge's classes in batches, on the metrics' device (NudeNet answers on the CPU)."""

@@ -14,12 +14,19 @@ from igmu_lightning.utils.provenance import package_versions
 
 ASPECTS = ("forgetting", "preservation", "quality", "alignment", "robustness", "efficiency")
 GRIDS_SUFFIX = ".grids"  # <results stem>.grids/<method>.png and _all.png (a row per method)
+FIGURES_SUFFIX = ".figures"  # <results stem>.figures/<stem>_<kind>.png: the report's figures of these results
 
 
 def grids_folder(results_path: str | os.PathLike) -> Path:
     """Where evaluate.py writes the image grids of the results at ``results_path``."""
     path = Path(results_path)
     return path.with_name(path.stem + GRIDS_SUFFIX)
+
+
+def figures_folder(results_path: str | os.PathLike) -> Path:
+    """Where evaluate.py writes the report's figures (trade-off, profile, attacks, grid) of the results at ``results_path``."""
+    path = Path(results_path)
+    return path.with_name(path.stem + FIGURES_SUFFIX)
 
 
 def exact(value: float) -> dict:

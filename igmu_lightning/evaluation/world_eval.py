@@ -163,7 +163,7 @@ class WorldEvaluation(ModelComparison):
         total = None if total is None else total + 1
         progress = tqdm(total=total, desc=f"evaluating ({self.target.name})", unit="model", disable=not is_main())
         refs = {name: self._images(original, original_id, sets[name]) for name in self.rule.reference_sets}
-        methods, hashes, attacks = {}, {}, {}
+        output = EvaluationOutput()
         self.samples: dict[str, torch.Tensor] = {}
         for name, model in itertools.chain([(ORIGINAL, original)], models):
             if name == ORIGINAL and model is not original:
@@ -172,9 +172,13 @@ class WorldEvaluation(ModelComparison):
             if model.image_size != original.image_size:
                 raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
             fingerprint = original_id if model is original else model_fingerprint(model)
+            if model is original:  # the probes of every method judge against them
+                original_forget = self._images(original, original_id, sets["forget"])
+            if self.resumed(name, fingerprint, original_id, output):
+                progress.update(1)
+                progress.set_postfix_str(f"{name}: kept from an earlier run")
+                continue
             images = {s: self._images(model, fingerprint, sets[s]) for s in self.rule.prompt_sets}
-            if model is original:
-                original_forget = images["forget"]
             card = Scorecard(self.rule, self.target.category, seed)
             context = ProbeContext(self.target.name, seed, self.per_class, model, original=original, forget=sets["forget"],
                                    forget_images=images["forget"], judge=self._judge, sampler=self.settings,
@@ -182,18 +186,20 @@ class WorldEvaluation(ModelComparison):
             for probe in self.probes:  # outside inference mode: attacks need gradients
                 found = probe.score(card, context, lambda batch, model=model, fingerprint=fingerprint: self._images(model, fingerprint, batch))
                 if found is not None:
-                    attacks.setdefault(name, {})[probe.name] = found
+                    output.attacks.setdefault(name, {})[probe.name] = found
             with torch.inference_mode():
                 self._score(card, images, refs, sets, seed)
             card.efficiency(model, original)
-            methods[name] = card.result()
+            output.methods[name] = card.result()
             # the first forget images (same seeds for every model: a grid), from whichever ranks made them
             self.keep(name, images["forget"], sets["forget"])
-            hashes[name] = model.hashes()
+            output.model_hashes[name] = model.hashes()
+            self.finished(name, fingerprint, original_id, output)
             progress.update(1)
             progress.set_postfix_str(f"{name}: {time.perf_counter() - start:.0f}s")
         progress.close()
-        return EvaluationOutput(methods, hashes, self._evaluators(whole), attacks, self.samples, self.sample_prompts)
+        output.evaluators, output.samples, output.sample_prompts = self._evaluators(whole), self.samples, self.sample_prompts
+        return output
 
     def _evaluators(self, whole: dict[str, PromptBatch]) -> dict:
         """Provenance: the detectors, the FID features, the interval methods, each set's size and the probes."""

@@ -166,7 +166,10 @@ def test_wandb_run_holds_config_aspect_tables_grids_and_adversarial_prompts(tmp_
     ]  # fmt: skip
     attacks = {"esd_x": {"udiff": AttackOutcomes("udiff", "esd_x", {}, {}, 3, rows)}}
     settings = WandbSettings(mode="offline", save_dir=str(tmp_path / "w"), tags=["t1"])
-    folder = log_evaluation(settings, document, samples, prompts, attacks, group="object", name="object_wave1")
+    figure = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(figure).save(tmp_path / "tradeoff.png")
+    figures = {"tradeoff": (tmp_path / "tradeoff.png", "Forgetting vs preservation, n = 64")}
+    folder = log_evaluation(settings, document, samples, prompts, attacks, group="object", name="object_wave1", figures=figures)
     assert f"wandb sync {folder}" in capsys.readouterr().out
     (run,) = offline_runs(tmp_path / "w")
     assert run.dir == folder and run.run.run_group == "object" and run.run.display_name == "object_wave1"
@@ -189,6 +192,8 @@ def test_wandb_run_holds_config_aspect_tables_grids_and_adversarial_prompts(tmp_
     pixels, entry = run.image("grids/all")
     assert (pixels == to_uint8(image_grid(list(samples.values()))).permute(1, 2, 0).numpy()).all()
     assert entry["caption"].startswith("rows: original, esd_x, uce")
+    pixels, entry = run.image("figures/tradeoff")
+    assert (pixels == figure).all() and entry["caption"] == "Forgetting vs preservation, n = 64"
     assert run.table("attacks") == [
         {"method": "esd_x", "probe": "udiff", "prompt": "a red triangle", "seed": 0, "adversarial_prompt": None, "pre": True,
          "post": None},
@@ -256,6 +261,15 @@ def test_evaluate_writes_grids_manifest_summary_and_one_wandb_run(tmp_path):
     for name in ("original", "copy"):
         assert (run.image(f"grids/{name}")[0] == np.asarray(Image.open(grids / f"{name}.png"))).all()
     assert (run.image("grids/all")[0] == combined).all()
+    # the report's figures beside the results, and the same in the run
+    figures = tmp_path / "attr.figures"
+    assert sorted(p.name for p in figures.iterdir()) == [f"attr_{k}.png" for k in ("grid", "profile", "tradeoff")]
+    for kind in ("grid", "profile", "tradeoff"):
+        pixels, entry = run.image(f"figures/{kind}")
+        assert (pixels == np.asarray(Image.open(figures / f"attr_{kind}.png").convert("RGB"))).all(), kind
+        assert "Config:" in entry["caption"], kind
+    assert "figure 'attacks' not made" in result.stdout  # no attack probe in this evaluation
+    assert not (tmp_path / "attr.partial").exists()  # the methods kept while it ran go once all is written
     assert f"wandb sync {run.dir}" in result.stdout
     # --wandb false: no run (a quick evaluation: the tiny model's inventory)
     again = run_script("evaluate.py", "--config", "configs/eval/inventory.yaml", "--evaluation.init_args.backbone",
