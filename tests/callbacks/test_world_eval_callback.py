@@ -14,6 +14,7 @@ from igmu_lightning.modules import TextToImage
 from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.world import WorldData
 from tests.conftest import ROOT
+from tests.wandb_files import nested, records
 
 
 def test_callback_scores_the_current_model_and_logs_to_wandb(tmp_path):
@@ -23,13 +24,22 @@ def test_callback_scores_the_current_model_and_logs_to_wandb(tmp_path):
     logger = WandbLogger(save_dir=str(tmp_path / "logs"), offline=True)
     module = TextToImage(TinySD(image_size=32), trainable=["xattn"], lr=1e-2)
     data = WorldData(train_size=16, val_size=4, test_size=0, batch_size=4)
-    trainer = Trainer(max_steps=2, logger=logger, callbacks=[callback], enable_checkpointing=False,
+    trainer = Trainer(max_steps=4, logger=logger, callbacks=[callback], enable_checkpointing=False,
                       enable_progress_bar=False, num_sanity_val_steps=0, val_check_interval=2)  # fmt: skip
     try:
         trainer.fit(module, data)
         run_dir = Path(logger.experiment.dir)
     finally:
         wandb.finish()
+    # the run holds a training curve: at each validation (steps 2 and 4) the target rate and the
+    # retain accuracy, a table per aspect and the grid
+    rows = [nested(r.history.item) for r in records(run_dir.parent) if r.WhichOneof("record_type") == "history"]
+    curve = [(r["trainer/global_step"], r["val/eval/forgetting.target_rate"], r["val/eval/preservation.retain_accuracy"])
+             for r in rows if "val/eval/forgetting.target_rate" in r]  # fmt: skip
+    assert [step for step, _, _ in curve] == [2, 4] and all(0 <= x <= 1 for _, *xy in curve for x in xy)
+    for key in ("val/eval/forgetting", "val/eval/preservation", "val/eval/robustness"):
+        assert sum(r.get(key, {}).get("_type") == "table-file" for r in rows) == 2, key
+    assert sum(r.get("val/eval/forget_grid", {}).get("_type") == "images/separated" for r in rows) == 2
     scored = callback.last
     assert set(scored) == {"original", "current"}
     assert scored["current"]["aspects"]["efficiency"]["params_changed"]["value"] > 0  # training moved weights
