@@ -3,6 +3,7 @@
 must change this table and docs/parity.md together."""
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, resolved_config
 
@@ -229,8 +230,6 @@ DETECTORS = ROOT / "configs" / "detectors"
 
 
 def eval_args(name: str) -> dict:
-    import yaml
-
     return yaml.safe_load((EVAL / f"{name}.yaml").read_text())["evaluation"]["init_args"]
 
 
@@ -259,6 +258,8 @@ def test_each_task_detector_is_igmus_and_trainable_by_train_py(name):
     assert (model["head"], model["freeze_encoder"], data["image_size"]) == ("gated", True, 224)
     judge, target = eval_args(name)["judge"], eval_args(name)["target"]
     assert target in model["class_names"]
+    accuracy = yaml.safe_load((EVAL / "detectors.yaml").read_text())["evaluation"]["init_args"]  # held-out accuracy
+    assert (accuracy["detectors"][name], accuracy["tasks"][name]) == (model["export_dir"], data["task"])
     if judge["class_path"].endswith("SavedDetector"):
         assert judge["init_args"]["path"] == model["export_dir"], name
     else:  # nudity judges with NudeNet; its header names the detector folder for the judge override
