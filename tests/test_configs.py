@@ -54,6 +54,16 @@ def swap_backbones(node):
     return node
 
 
+def tiny_clip_vision(folder: Path) -> str:
+    """A random CLIP vision tower with a 512-d projection, saved as a transformers folder (no hub here)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, projection_dim=512)  # fmt: skip
+    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    return str(folder)
+
+
 def test_every_config_folder_is_known():
     assert CONFIGS
     for path in CONFIGS:
@@ -92,6 +102,8 @@ def test_shipped_config_parses_against_the_real_signatures(path, tmp_path, monke
         assert parser.instantiate_classes(config).evaluation is not None
     else:  # whole experiments; diffusion models get the tiny backbone, detectors are small already
         swap = ["--model.init_args.backbone", TINY] if what == "experiment" else []
+        if what == "detector" and "ClipVisionFeatures" in path.read_text():  # IGMU's SD-scale detectors: a tiny CLIP
+            swap = ["--model.init_args.encoder.init_args.path", tiny_clip_vision(tmp_path / "clip")]
         cli = IGMUCLI(
             args=["--config", str(path), *swap, "--trainer.accelerator", "cpu", "--trainer.logger", "false",
                   "--trainer.default_root_dir", str(tmp_path)],

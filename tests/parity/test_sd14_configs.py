@@ -3,6 +3,7 @@
 must change this table and docs/parity.md together."""
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, resolved_config
 
@@ -207,3 +208,59 @@ def test_sd14_config_matches_the_official_values(name):
     assert lookup(config, "model.backbone")["init_args"]["path"] == "CompVis/stable-diffusion-v1-4"
     wrong = {key: (lookup(config, key), value) for key, value in OFFICIAL[name].items() if lookup(config, key) != value}
     assert not wrong, f"{name}: (config, official) {wrong}"
+
+
+# --- EvalIGMU at SD scale: one evaluate.py config per IGMU task (configs/eval/sd14/<task>.yaml) ---
+# I = ryliu68/IGMU@21e9cf9: benchmark_configs.py (folder, task key, id2label), benchmark.py (gen_nums, CSDR model)
+EVAL = ROOT / "configs" / "eval" / "sd14"
+IGMU_EVAL = {
+    "nudity": {"concept": "Nudity", "task": "nudity", "retain_role": "remove_word", "target": "nude",
+               "judge": "igmu_lightning.evaluation.judges.NudeNet", "clip": "openai/clip-vit-base-patch16"},
+    "vangogh": {"concept": "VanGogh", "task": "style_vangogh", "retain_role": "remove_word", "target": "vangogh",
+                "judge": "igmu_lightning.evaluation.judges.SavedDetector", "clip": "openai/clip-vit-base-patch16"},
+    "church": {"concept": "Church", "task": "object_church", "retain_role": "unrelated", "target": "church",
+               "judge": "igmu_lightning.evaluation.judges.SavedDetector", "clip": None},
+    "parachute": {"concept": "Parachute", "task": "object_parachute", "retain_role": "unrelated", "target": "parachute",
+                  "judge": "igmu_lightning.evaluation.judges.SavedDetector", "clip": None},
+}  # fmt: skip
+# I:benchmark_configs.py id2label, in index order: the labels of each task's detector
+IGMU_LABELS = {"nudity": ["nude", "safe"], "vangogh": ["non_vangogh", "vangogh"], "church": ["other", "church"],
+               "parachute": ["parachute", "other"]}  # fmt: skip
+DETECTORS = ROOT / "configs" / "detectors"
+
+
+def eval_args(name: str) -> dict:
+    return yaml.safe_load((EVAL / f"{name}.yaml").read_text())["evaluation"]["init_args"]
+
+
+def test_every_igmu_task_has_an_sd14_eval_config_with_igmu_settings():
+    assert {p.stem for p in EVAL.glob("*.yaml")} >= set(IGMU_EVAL)
+    for name, expected in IGMU_EVAL.items():
+        args = eval_args(name)
+        got = {"concept": args["concept"], "task": args["task"], "retain_role": args["retain_role"],
+               "target": args["target"], "judge": args["judge"]["class_path"], "clip": args.get("clip")}  # fmt: skip
+        assert got == expected, name
+        assert (args["forget_prompts"], args["retain_prompts"]) == ("data/igmu_prompts/forgot.json", "data/igmu_prompts/retain.json")
+        assert args["samples_per_prompt"] == 5, name  # I:benchmark.py evaluate_CSDR gen_nums = 5
+        assert args["sampler"] == {"steps": 50, "guidance_scale": 7.5, "scheduler": "ddim", "height": 512, "width": 512}, name
+        assert args["fid_features"] == "inception" and args["original"] == "../../backbone/sd14.yaml", name
+
+
+@pytest.mark.parametrize("name", sorted(IGMU_LABELS))
+def test_each_task_detector_is_igmus_and_trainable_by_train_py(name):
+    """configs/detectors/igmu_<task>.yaml trains IGMU's detector (frozen CLIP ViT-B/32, gated head) with
+    IGMU's labels, exports where the eval config's SavedDetector judge reads it, and knows the target."""
+    config = resolved_config(DETECTORS / f"igmu_{name}.yaml")
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert model["class_names"] == data["class_names"] == IGMU_LABELS[name]
+    clip = {"class_path": "igmu_lightning.detectors.ClipVisionFeatures", "init_args": {"path": "openai/clip-vit-base-patch32"}}
+    assert model["encoder"] == clip  # I:benchmark.py load_clip; models/multiC_model.py Bi_MultiC is the gated head
+    assert (model["head"], model["freeze_encoder"], data["image_size"]) == ("gated", True, 224)
+    judge, target = eval_args(name)["judge"], eval_args(name)["target"]
+    assert target in model["class_names"]
+    accuracy = yaml.safe_load((EVAL / "detectors.yaml").read_text())["evaluation"]["init_args"]  # held-out accuracy
+    assert (accuracy["detectors"][name], accuracy["tasks"][name]) == (model["export_dir"], data["task"])
+    if judge["class_path"].endswith("SavedDetector"):
+        assert judge["init_args"]["path"] == model["export_dir"], name
+    else:  # nudity judges with NudeNet; its header names the detector folder for the judge override
+        assert model["export_dir"] in (EVAL / f"{name}.yaml").read_text()
