@@ -110,9 +110,6 @@ class Sampler:
         if compile and isinstance(self.unet, torch.nn.Module) and getattr(self.unet, "_compiled_call_impl", None) is None:
             self.unet.compile()  # in place: parameters and checkpoint keys are untouched
         self.guidance = getattr(backbone, "guidance", None)
-        # The prompts of the batch being sampled (None when sampling from embeddings): a sampling-time
-        # guidance may read them (SPM's gate counts the prompt's tokens shared with its concept).
-        self.batch_prompts: list[str] | None = None
         self.settings = settings or SamplerSettings()
         self.batch_size = batch_size
         self.progress = progress
@@ -221,11 +218,7 @@ class Sampler:
             prompts = list(prompts) + [prompts[-1]] * (pad_to - n)
             seeds = list(seeds) + [seeds[-1]] * (pad_to - n)
         cond, uncond = self.text_pair(prompts)
-        self.batch_prompts = list(prompts)
-        try:
-            return self.sample_embeddings(cond, seeds, uncond)[:n].cpu()
-        finally:
-            self.batch_prompts = None
+        return self.sample_embeddings(cond, seeds, uncond)[:n].cpu()
 
     def generate(self, prompts: list[str], seeds: list[int] | None = None, base_seed: int = 0) -> Samples:
         """Images for every prompt, in batches of ``batch_size``; seed i defaults to base_seed + i."""

@@ -171,10 +171,15 @@ class SPMGate(SamplingGuidance):
     def to_config(self) -> dict:
         return {"class_path": f"{__name__}.{type(self).__qualname__}", "init_args": asdict(self)}
 
+    def prepare(self, sampler, prompts: list[str], cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Note the prompts behind ``cond``: the gate counts their tokens shared with the concept."""
+        self._batch = (list(prompts), cond)
+        return cond, uncond
+
     def weights(self, sampler, cond: torch.Tensor) -> torch.Tensor:
-        prompts = sampler.batch_prompts
-        if prompts is not None and len(prompts) != len(cond):
-            prompts = None  # not this batch's prompts
+        prompts, prepared = getattr(self, "_batch", (None, None))
+        if prepared is not cond:
+            prompts = None  # embeddings with no prompts behind them (an attack's), or another batch's: similarity only
         concept_embeds = sampler.encode(list(self.concepts))
         return gate_weights(sampler.backbone.tokenizer, cond, prompts, concept_embeds, self.concepts, self.metric)
 
