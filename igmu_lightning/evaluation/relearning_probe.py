@@ -79,7 +79,7 @@ class RelearningProbe(Probe):
         def sample(model: Backbone) -> torch.Tensor:
             return generate_images(Sampler(model, settings, batch_size=self.batch_size), forget.prompts, forget.seeds).to(device)
 
-        curve = self.curve(context.model, sample, lambda images: context.judge(images), context.seed)
+        curve = self.curve(context.model, sample, context.judge, context.seed)
         self.report(card, {k: hits.to(device) for k, hits in curve.items()}, original_rate, forget.prompt_ids(device))
         return None
 
