@@ -1,9 +1,10 @@
-"""``python -m igmu_lightning.benchmark --tier quick|full [--out outputs/benchmark]``: the world
-benchmark in one command, run from the repository root.
+"""``python -m igmu_lightning.benchmark --tier quick|full [--out outputs/benchmark] [--jobs 2]``: the
+world benchmark in one command, run from the repository root.
 
 The tier (``configs/benchmark/<tier>.yaml``, or a file of that form) names the targets, the
 algorithms (every ``configs/unlearn/world/<algo>_<target>.yaml`` when null) and the evaluation
-overrides. The work is a list of cells, run in order, each in its own process (``train.py`` or
+overrides. The work is a list of cells, run in order (``--jobs N``: N side by side, an evaluation
+once every training it scores has ended), each in its own process (``train.py`` or
 ``evaluate.py``) with its output in ``<out>/<tier>/cells/<cell>/log.txt``, so a crash ends one
 cell, not the run:
 
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,9 +168,12 @@ def plan(spec: dict, root: Path) -> list[Cell]:
     return cells
 
 
-def run_command(command: list[str], log: Path) -> int:
-    """Run one cell's process, its output to ``log``; its exit code."""
+def run_command(command: list[str], log: Path, threads: int | None = None) -> int:
+    """Run one cell's process, its output to ``log``; its exit code. ``threads``: the torch/OpenMP
+    threads it may use (cells run side by side share the cores), unless OMP_NUM_THREADS is set."""
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     with open(log, "w", encoding="utf-8") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
@@ -198,17 +203,22 @@ class Estimate:
         every = [s for v in self.measured.values() for s in v]
         return sum(every) / len(every) if every else None
 
-    def left(self, keys: list[str]) -> str:
+    def left(self, keys: list[str], jobs: int = 1) -> str:
         each = [self.of(k) for k in keys]
         if any(e is None for e in each):
             return "time left: estimated after the first cell"
-        return f"about {clock(sum(each))} left"
+        return f"about {clock(sum(each) / max(1, min(jobs, len(each))))} left"
 
 
 def run_benchmark(tier: str, out: str | Path, report: str | Path | None = None, figures: str | Path | None = None,
-                  runner: Callable[[list[str], Path], int] | None = None) -> int:  # fmt: skip
-    """Run every cell not done yet, then the report; the number of cells that failed."""
-    runner = runner or run_command
+                  runner: Callable[[list[str], Path], int] | None = None, jobs: int = 1) -> int:  # fmt: skip
+    """Run every cell not done yet, then the report; the number of cells that failed. ``jobs``: cells
+    run side by side (each with cores / jobs threads); an evaluation starts once every training it
+    scores has ended, so with 2 jobs one target's evaluations run beside the next target's trainings."""
+    if jobs < 1:
+        raise IGMUError(f"--jobs {jobs}: give 1 or more cells to run side by side")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    runner = runner or (lambda command, log: run_command(command, log, threads if jobs > 1 else None))
     name, spec = load_tier(tier)
     root = Path(out) / name
     cells = plan(spec, root)
@@ -218,27 +228,48 @@ def run_benchmark(tier: str, out: str | Path, report: str | Path | None = None, 
     for cell in cells:
         if cell not in todo:
             estimate.add(cell.estimate_key, float(cell.record(root).get("seconds", 0)))
-    print(f"benchmark tier '{name}': {len(cells)} cells, {len(cells) - len(todo)} done already, {len(todo)} to run, in {root}")
-    for i, cell in enumerate(todo):
-        elapsed = clock(time.monotonic() - start)
-        print(f"[{i + 1}/{len(todo)}] {cell.name}: elapsed {elapsed}, {estimate.left([c.estimate_key for c in todo[i:]])}", flush=True)
+    print(f"benchmark tier '{name}': {len(cells)} cells, {len(cells) - len(todo)} done already, {len(todo)} to run, in {root}"
+          + (f", {jobs} at a time ({threads} threads each)" if jobs > 1 else ""))  # fmt: skip
+    number = {c.name: i + 1 for i, c in enumerate(todo)}
+    waiting, running, ended = list(todo), {}, set()  # running: future -> (cell, command, trainings done, start)
+
+    def ready(cell: Cell) -> bool:  # every training it scores has ended (done or failed), or is not to be run now
+        return all(c in ended or by_name[c] not in todo for c, _ in cell.models.values())
+
+    def launch(pool: ThreadPoolExecutor, cell: Cell) -> None:
+        left = [c.estimate_key for c in [*(r[0] for r in running.values()), cell, *waiting]]
+        print(f"[{number[cell.name]}/{len(todo)}] {cell.name}: elapsed {clock(time.monotonic() - start)}, "
+              f"{estimate.left(left, jobs)}", flush=True)  # fmt: skip
         cell.clean(root)
         folder = cell.folder(root)
         folder.mkdir(parents=True)
         made = {c.name for c in cells if c.models == {} and c.record(root) is not None}  # trainings done by now
         command = cell.command(made)
         began = time.monotonic()
-        code = runner([sys.executable, *command], folder / "log.txt")
-        seconds = time.monotonic() - began
-        estimate.add(cell.estimate_key, seconds)
-        if code == 0:
-            inputs = {c: by_name[c].record(root)["id"] for c, _ in cell.models.values() if c in made}
-            atomic_write_json(folder / DONE, {"cell": cell.name, "command": command, "seconds": round(seconds, 1),
-                                              "id": f"{time.time_ns()}-{os.getpid()}", "inputs": inputs})  # fmt: skip
-            print(f"[{i + 1}/{len(todo)}] {cell.name}: done in {clock(seconds)}", flush=True)
-        else:
-            failed.append(cell.name)
-            print(f"[{i + 1}/{len(todo)}] {cell.name}: FAILED (exit {code}) after {clock(seconds)}; its log: {folder / 'log.txt'}", flush=True)
+        running[pool.submit(runner, [sys.executable, *command], folder / "log.txt")] = (cell, command, made, began)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while waiting or running:
+            for cell in [c for c in waiting if ready(c)][: jobs - len(running)]:
+                waiting.remove(cell)
+                launch(pool, cell)
+            if not running:  # nothing can start: a cycle cannot happen (evaluations wait only on trainings)
+                raise IGMUError(f"benchmark: cells {', '.join(c.name for c in waiting)} wait on nothing that runs")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell, command, made, began = running.pop(future)
+                code, seconds = future.result(), time.monotonic() - began
+                ended.add(cell.name)
+                estimate.add(cell.estimate_key, seconds)
+                folder, i = cell.folder(root), number[cell.name]
+                if code == 0:
+                    inputs = {c: by_name[c].record(root)["id"] for c, _ in cell.models.values() if c in made}
+                    atomic_write_json(folder / DONE, {"cell": cell.name, "command": command, "seconds": round(seconds, 1),
+                                                      "id": f"{time.time_ns()}-{os.getpid()}", "inputs": inputs})  # fmt: skip
+                    print(f"[{i}/{len(todo)}] {cell.name}: done in {clock(seconds)}", flush=True)
+                else:
+                    failed.append(cell.name)
+                    print(f"[{i}/{len(todo)}] {cell.name}: FAILED (exit {code}) after {clock(seconds)}; its log: {folder / 'log.txt'}", flush=True)
     results = [c.outputs[0] for c in cells if c.models and c.outputs[0].is_file()]
     if results:
         written = write_report([str(p) for p in results], report or root / "benchmark.md", figures or root / "figures")
@@ -256,8 +287,9 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/benchmark", help="where models, results and logs go (<out>/<tier>/)")
     parser.add_argument("--report", default=None, help="the report's markdown (default: <out>/<tier>/benchmark.md)")
     parser.add_argument("--figures", default=None, help="the report's figures (default: <out>/<tier>/figures)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run side by side, each with cores / jobs threads (2 on 2 cores)")
     parsed = parser.parse_args(args)
-    failed = run_benchmark(parsed.tier, parsed.out, parsed.report, parsed.figures)
+    failed = run_benchmark(parsed.tier, parsed.out, parsed.report, parsed.figures, jobs=parsed.jobs)
     if failed:
         sys.exit(1)
     return 0

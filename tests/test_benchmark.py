@@ -161,3 +161,48 @@ def test_unknown_tier_is_one_line(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     with pytest.raises(IGMUError, match="benchmark tier 'huge' not found .* use one of full, quick"):
         main(["--tier", "huge"])
+
+
+def test_two_jobs_overlap_cells_and_an_evaluation_waits_for_its_trainings(tmp_path, monkeypatch, capsys):
+    """--jobs 2: two cells run at once, every evaluation starts only after all the trainings it
+    scores have ended, and the cells done are the same as one at a time."""
+    import threading
+    import time
+
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "two.yaml"
+    path.write_text(TIER.replace("targets: [object]", "targets: [object, style]"))
+    lock, events, inner = threading.Lock(), [], FakeRunner()
+
+    def runner(command, log):
+        cell = log.parent.name
+        with lock:
+            events.append(("start", cell))
+        time.sleep(0.2)
+        with lock:
+            code = inner(command, log)
+            events.append(("end", cell))
+        return code
+
+    assert run_benchmark(str(path), tmp_path / "out", runner=runner, jobs=2) == 0
+    live, most = set(), 0
+    for kind, cell in events:
+        live = live | {cell} if kind == "start" else live - {cell}
+        most = max(most, len(live))
+        if kind == "start" and cell.startswith("evaluate_"):
+            target = cell.removeprefix("evaluate_")
+            ended = {c for k, c in events[: events.index((kind, cell))] if k == "end"}
+            assert {f"train_uce_{target}", f"train_sld_{target}"} <= ended, cell
+    assert most == 2
+    # the style trainings ran beside the object evaluation (nothing waits that need not)
+    before = events[: events.index(("end", "evaluate_object"))]
+    assert any(k == "start" and c.startswith("train_") and c.endswith("_style") for k, c in before)
+    done = sorted(p.parent.name for p in (tmp_path / "out/two/cells").glob("*/done.json"))
+    assert done == sorted(["train_uce_object", "train_sld_object", "evaluate_object", "train_uce_style", "train_sld_style",
+                           "evaluate_style"])  # fmt: skip
+    assert "2 at a time" in capsys.readouterr().out
+
+
+def test_jobs_below_one_is_one_line(tier, tmp_path):
+    with pytest.raises(IGMUError, match="--jobs 0: give 1 or more"):
+        run_benchmark(tier, tmp_path / "out", runner=FakeRunner(), jobs=0)
