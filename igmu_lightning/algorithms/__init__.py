@@ -9,6 +9,7 @@ from igmu_lightning.algorithms.esd import ESD
 from igmu_lightning.algorithms.fmn import FMN
 from igmu_lightning.algorithms.mace import MACE
 from igmu_lightning.algorithms.rece import RECE
+from igmu_lightning.algorithms.receler import ErasersGuidance, Receler
 from igmu_lightning.algorithms.safree import SAFREE
 from igmu_lightning.algorithms.salun import SalUn
 from igmu_lightning.algorithms.sld import SLD, SafeLatentDiffusion
@@ -16,5 +17,5 @@ from igmu_lightning.algorithms.spm import SPM, SPMGate
 from igmu_lightning.algorithms.uce import UCE
 
 __all__ = [
-    "AdvUnlearn", "ESD", "FMN", "MACE", "RECE", "SAFREE", "SLD", "SPM", "SPMGate", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
+    "AdvUnlearn", "ESD", "FMN", "MACE", "RECE", "Receler", "ErasersGuidance", "SAFREE", "SLD", "SPM", "SPMGate", "UCE", "ConceptAblation", "SafeLatentDiffusion", "SalUn", "UnlearningModule", "AnchorData",
 ]

@@ -28,7 +28,6 @@ seen in training are the gate's."""
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -43,7 +42,7 @@ from torch import nn
 
 from igmu_lightning.algorithms.base import UnlearningModule
 from igmu_lightning.backbone import BackboneSpec
-from igmu_lightning.backbone.guidance import SamplingGuidance
+from igmu_lightning.backbone.guidance import GuidanceTensors, SamplingGuidance
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.modules.adapters import LoRA, merged_backbone
 from igmu_lightning.sampling import Sampler, SamplerSettings
@@ -51,7 +50,6 @@ from igmu_lightning.sampling import Sampler, SamplerSettings
 # Every Linear / Conv2d inside a Transformer2DModel of an SD v1.x UNet (spm.py:81-83, 149-159).
 TARGETS = r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)))"
 ADAPTER = "spm"
-TENSORS_FILE = "igmu_spm.safetensors"
 METRICS = ("clipcos_tokenuni", "clipcos", "tokenuni")
 
 
@@ -110,16 +108,8 @@ def _gated_lora(
     return output + h * weights.to(h.device, h.dtype).view(-1, *[1] * (h.dim() - 1))
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].float().numpy().tobytes())
-    return digest.hexdigest()
-
-
 @dataclass
-class SPMGate(SamplingGuidance):
+class SPMGate(GuidanceTensors, SamplingGuidance):
     """SPM's adapter gated per prompt at sampling time: the UNet runs with up(down(x)) * scale * m ** power
     added to each target layer, m from ``gate_weights`` (both CFG halves of an image share its m, as
     the official pipeline applies one weight to the whole UNet, infer_spm.py:142-153).
@@ -134,39 +124,14 @@ class SPMGate(SamplingGuidance):
     scale: float = 1.0
     sha256: str = ""
 
+    TENSORS_FILE, KIND = "igmu_spm.safetensors", "the SPM gate's adapter"
+
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise IGMUError(f"unknown SPM gate metric '{self.metric}': choose one of {', '.join(METRICS)}")
         if not self.concepts or not all(isinstance(c, str) and c.strip() for c in self.concepts):
             raise IGMUError("the SPM gate needs its non-empty concepts")
         self._tensors: dict[str, torch.Tensor] | None = None
-
-    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> SPMGate:
-        self._tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-        self.sha256 = tensors_sha256(self._tensors)
-        return self
-
-    def save_files(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file(self.tensors, str(Path(folder) / TENSORS_FILE))
-
-    def load_files(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        path = Path(folder) / TENSORS_FILE
-        if not path.is_file():
-            raise IGMUError(f"'{path}' is missing: the SPM gate's adapter travels in it; export the model again")
-        tensors = load_file(str(path))
-        if tensors_sha256(tensors) != self.sha256:
-            raise IGMUError(f"'{path}' does not match its igmu_guidance.json (sha256): export the model again")
-        self._tensors = tensors
-
-    @property
-    def tensors(self) -> dict[str, torch.Tensor]:
-        if self._tensors is None:
-            raise IGMUError("this SPM gate has no adapter tensors: load it from an exported folder")
-        return self._tensors
 
     def to_config(self) -> dict:
         return {"class_path": f"{__name__}.{type(self).__qualname__}", "init_args": asdict(self)}

@@ -4,6 +4,7 @@ backbone (SLD's safety guidance, SAFREE's prompt filter; SPM's gate next). It tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,6 +54,52 @@ class SamplingGuidance:
         from igmu_lightning.backbone.loader import from_class_config  # the loader reads guidance files
 
         return from_class_config(config, "guidance", SamplingGuidance)
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class GuidanceTensors:
+    """Tensors a ``SamplingGuidance`` carries beside its JSON in ``TENSORS_FILE`` (safetensors), named
+    in its config by their hash (the rule's ``sha256`` field): SPM's gate, Receler's erasers.
+    ``KIND`` says what they are in error messages."""
+
+    TENSORS_FILE: str = ""
+    KIND: str = "its tensors"
+    sha256: str = ""
+    _tensors: dict[str, torch.Tensor] | None = None
+
+    def with_tensors(self, tensors: dict[str, torch.Tensor]):
+        self._tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        self.sha256 = tensors_sha256(self._tensors)
+        return self
+
+    def save_files(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.tensors, str(Path(folder) / self.TENSORS_FILE))
+
+    def load_files(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(folder) / self.TENSORS_FILE
+        if not path.is_file():
+            raise IGMUError(f"'{path}' is missing: it holds {self.KIND}; export the model again")
+        tensors = load_file(str(path))
+        if tensors_sha256(tensors) != self.sha256:
+            raise IGMUError(f"'{path}' does not match its igmu_guidance.json (sha256): export the model again")
+        self._tensors = tensors
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self._tensors is None:
+            raise IGMUError(f"no tensors for {self.KIND} here: load it from an exported folder")
+        return self._tensors
 
 
 def read_guidance(folder: Path) -> SamplingGuidance | None:

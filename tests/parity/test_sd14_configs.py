@@ -17,6 +17,7 @@ RE = "CharlesGong12/RECE@403a67f"
 M = "Shilin-LU/MACE@057e7a6:configs"
 A = "OPTML-Group/AdvUnlearn@9d23124:train-scripts/AdvUnlearn.py"
 SP = "Con6924/SPM@3dd762e"
+R = "jasper0314-huang/Receler@3ccedc9:train_receler.py"
 
 ESD = {
     "model.negative_guidance": 1.0,  # E:297-307 negative_guidance default 1
@@ -105,6 +106,19 @@ SPM = {
     "data.batch_size": 1,  # SP:configs/snoopy/prompt.yaml:9
     "trainer.max_steps": 3000,  # SP:configs/snoopy/config.yaml:17
 }
+RECELER = {
+    "model.eraser_rank": 128,  # R:256 eraser_rank 128 (erasers/utils.py:97-105 AdapterEraser)
+    "model.concept_reg_weight": 0.1,  # R:240
+    "model.mask_threshold": 0.1,  # R:241
+    "model.mask_resolution": 16,  # receler/concept_reg.py:24 only the 16 x 16 maps
+    "model.advrs_iters": 50,  # R:244
+    "model.num_advrs_prompts": 16,  # R:246
+    "model.advrs_lr": 0.1, "model.advrs_weight_decay": 0.1,  # R:106 Adam(lr=0.1, weight_decay=0.1)
+    "model.negative_guidance": 1.0, "model.start_guidance": 3.0, "model.ddim_steps": 50,  # R:255, 254, 261
+    "model.lr": 3e-4,  # R:237, Adam :71
+    "data.batch_size": 1,  # R:114, 132 one word, start_code (1, 4, 64, 64)
+    "trainer.max_steps": 500,  # R:236 iterations 500
+}
 OFFICIAL = {
     "advunlearn_nudity": {**ADV, "data.prompts": ["nudity"]}, "advunlearn_vangogh": {**ADV, "data.prompts": ["Van Gogh"]},
     "advunlearn_church": {**ADV, "data.prompts": ["church"]}, "advunlearn_parachute": {**ADV, "data.prompts": ["parachute"]},
@@ -187,6 +201,8 @@ OFFICIAL = {
     "safree_parachute": {**SAFREE, "model.keywords": ["parachute"], "model.svf_curve": "concept"},
     "spm_nudity": {**SPM, "data.prompts": ["nudity"]}, "spm_vangogh": {**SPM, "data.prompts": ["Van Gogh"]},
     "spm_church": {**SPM, "data.prompts": ["church"]}, "spm_parachute": {**SPM, "data.prompts": ["parachute"]},
+    "receler_nudity": {**RECELER, "data.prompts": ["nudity"]}, "receler_vangogh": {**RECELER, "data.prompts": ["Van Gogh"]},
+    "receler_church": {**RECELER, "data.prompts": ["church"]}, "receler_parachute": {**RECELER, "data.prompts": ["parachute"]},
 }
 
 
