@@ -23,9 +23,9 @@ by advanced indexing (train_receler.py:149), so the UNet never sees delta and th
 against the plain concept (ESD plus the penalty, after 49 forwards that change nothing). Here
 delta is in the conditioning of every attack step and of the loss. The exported folder holds the base
 weights and the erasers as an ``ErasersGuidance`` (``igmu_guidance.json`` and
-``igmu_erasers.safetensors``), so every sampler of the loaded model runs with them; the delta
-(``igmu_delta.safetensors``) attaches them as adapters (``WithDelta``). Attacks that call the UNet
-directly (not through the sampler) see the folder's model without its erasers: use the delta."""
+``igmu_erasers.safetensors``), which loading hooks onto the UNet's attn2 for good (``bind``): every
+call of the loaded UNet runs with them, an attack's as a sampler's; the delta
+(``igmu_delta.safetensors``) attaches them as adapters (``WithDelta``)."""
 
 from __future__ import annotations
 
@@ -105,21 +105,32 @@ class ErasersGuidance(GuidanceTensors, SamplingGuidance):
 
     TENSORS_FILE, KIND = "igmu_erasers.safetensors", "Receler's erasers"
 
+    def _hook(self, unet: nn.Module) -> list:
+        tensors, handles = self.tensors, []
+        for name in sorted({k.split(f".igmu_{NAME}.")[0] for k in tensors}):
+            key = f"{name}.igmu_{NAME}"
+            parts = [tensors[f"{key}.{p}"] for p in ("down.weight", "down.bias", "up.weight", "up.bias")]
+            handles.append(unet.get_submodule(name).register_forward_hook(partial(_erase, *parts)))
+        return handles
+
+    def bind(self, backbone) -> None:
+        """The erasers are part of the network (official: modules inside the UNet): hooked on the
+        loaded model's attn2 for good, so attacks and fine-tuning that call its UNet see them too."""
+        self._hook(backbone.unet)
+        self._bound = backbone.unet
+
     @contextmanager
     def applied(self, unet: nn.Module):
-        tensors, handles = self.tensors, []
+        """The erasers on ``unet`` for the duration (nothing to add where they are bound already)."""
+        handles = [] if unet is getattr(self, "_bound", None) else self._hook(unet)
         try:
-            for name in sorted({k.split(f".igmu_{NAME}.")[0] for k in tensors}):
-                key = f"{name}.igmu_{NAME}"
-                parts = [tensors[f"{key}.{p}"] for p in ("down.weight", "down.bias", "up.weight", "up.bias")]
-                handles.append(unet.get_submodule(name).register_forward_hook(partial(_erase, *parts)))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
     def noise(self, sampler, latents, t, step, cond, uncond) -> torch.Tensor:
-        with self.applied(sampler.backbone.unet):
+        with self.applied(sampler.unet):
             sampler.guidance = None  # plain CFG, erasers on
             try:
                 return sampler.guided_noise(latents, t, step, cond, uncond)

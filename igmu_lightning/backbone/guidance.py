@@ -32,6 +32,11 @@ class SamplingGuidance:
     def prepare(self, sampler, prompts: list[str], cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return cond, uncond
 
+    def bind(self, backbone) -> None:
+        """Called by the loader once the model saved with this rule is built: a rule that is part of
+        the network itself (Receler's erasers) installs itself here, so that every call of the
+        model's UNet (an attack's, a fine-tuning's) sees it, not only the sampler's. Default: nothing."""
+
     def noise(self, sampler, latents: torch.Tensor, t: torch.Tensor, step: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

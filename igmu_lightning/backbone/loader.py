@@ -260,4 +260,6 @@ def load_backbone(
         hub_log.setLevel(level)
     backbone = Backbone(unet, text_encoder, tokenizer, vae, scheduler, source=path)
     backbone.guidance = read_guidance(Path(source)) if Path(source).is_dir() else None  # saved with the model (SLD)
+    if backbone.guidance is not None:
+        backbone.guidance.bind(backbone)
     return backbone

@@ -201,6 +201,12 @@ def test_the_export_samples_with_the_erasers_as_the_trained_model_does(tiny_spec
     assert isinstance(loaded.guidance, ErasersGuidance)
     assert torch.equal(image(loaded), trained) and (trained - base).abs().max() > 1e-3
     assert torch.equal(image(WithDelta(str(tmp_path / "out")).build()), trained)
+    # the loaded model's UNet itself holds the erasers: a direct call (an attack's) equals the trained one
+    x, t, c = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([500]), loaded.encode_prompts([CONCEPT])
+    with torch.no_grad():
+        direct = [bb.unet(x, t, encoder_hidden_states=c).sample for bb in (loaded, module.backbone, tiny_spec.build())]
+    assert torch.allclose(direct[0], direct[1], atol=1e-6) and (direct[0] - direct[2]).abs().max() > 1e-4
+    assert torch.equal(image(loaded), trained)  # bound erasers are not applied twice by the sampler
     (tmp_path / "out" / "igmu_erasers.safetensors").unlink()
     with pytest.raises(IGMUError, match="is missing: it holds Receler's erasers"):
         Pretrained(str(tmp_path / "out")).build()
