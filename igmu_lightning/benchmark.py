@@ -112,6 +112,11 @@ def load_tier(tier: str) -> tuple[str, dict]:
     if unknown or not spec.get("targets"):
         raise IGMUError(f"tier '{path}': {'unknown keys ' + str(sorted(unknown)) if unknown else 'no targets'}: "
                         "give targets, algorithms, evaluation, extra_evaluations, seconds")  # fmt: skip
+    for name, extra in (spec.get("extra_evaluations") or {}).items():
+        wrong = set((extra or {}).get("targets") or []) - set(spec["targets"])
+        if wrong:
+            raise IGMUError(f"tier '{path}': extra evaluation '{name}' names targets {sorted(wrong)} the tier does not run: "
+                            f"give some of {spec['targets']}")  # fmt: skip
     return path.stem, spec
 
 
@@ -156,6 +161,9 @@ def plan(spec: dict, root: Path) -> list[Cell]:
             models[algo] = (cells[-1].name, {"class_path": "igmu_lightning.backbone.Pretrained", "init_args": {"path": str(model)}})
         evaluations = {"": {}, **(spec.get("extra_evaluations") or {})}
         for name, extra in evaluations.items():
+            extra = dict(extra or {})
+            if target not in extra.pop("targets", spec["targets"]):  # an extra evaluation of some targets only
+                continue
             stem = f"{target}_{name}" if name else target
             results = root / "results" / f"{stem}.json"
             args = ["evaluate.py", "--config", EVAL.format(target=target), "--results_path", str(results)]

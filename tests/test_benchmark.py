@@ -147,14 +147,16 @@ def test_shipped_tiers_parse_as_evaluate_arguments(monkeypatch):
     trained = sorted(c.name for c in cells if not c.models)
     shipped = {f"train_{p.stem}" for t in ("object", "style", "attribute") for p in (ROOT / "configs/unlearn/world").glob(f"*_{t}.yaml")}
     assert set(trained) == shipped and "train_ca_object" in trained and not any("xattn" in c for c in trained)
-    attacks = next(c for c in cells if c.name == "evaluate_style_attacks").command()[1:]
+    # the attack suite runs on the object target only
+    assert [c.name for c in cells if c.name.endswith("_attacks")] == ["evaluate_object_attacks"]
+    attacks = next(c for c in cells if c.name == "evaluate_object_attacks").command()[1:]
     parsed = build_parser(attacks).parse_args(attacks).evaluation.init_args
     probes = parsed.probes
     assert parsed.prompts_per_set == 16 and len(json.loads(attacks[attacks.index("--evaluation.init_args.methods") + 1])) == len(
-        [c for c in shipped if c.endswith("_style")]
+        [c for c in shipped if c.endswith("_object")]
     )
     assert [p.init_args.get("name") for p in probes[:3]] == ["p4d", "ring_a_bell", "concept_inversion"]
-    assert probes[2].init_args.attack.init_args.world_target == "style"
+    assert probes[2].init_args.attack.init_args.world_target == "object"
 
 
 def test_unknown_tier_is_one_line(monkeypatch, capsys):
@@ -206,3 +208,18 @@ def test_two_jobs_overlap_cells_and_an_evaluation_waits_for_its_trainings(tmp_pa
 def test_jobs_below_one_is_one_line(tier, tmp_path):
     with pytest.raises(IGMUError, match="--jobs 0: give 1 or more"):
         run_benchmark(tier, tmp_path / "out", runner=FakeRunner(), jobs=0)
+
+
+def test_an_extra_evaluation_runs_for_the_targets_it_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = {"targets": ["object", "style"], "algorithms": ["uce"],
+            "extra_evaluations": {"attacks": {"targets": ["object"], "prompts_per_set": 16}}}  # fmt: skip
+    cells = plan(spec, tmp_path)
+    assert [c.name for c in cells] == ["train_uce_object", "evaluate_object", "evaluate_object_attacks", "train_uce_style",
+                                       "evaluate_style"]  # fmt: skip
+    attacks = next(c for c in cells if c.name == "evaluate_object_attacks")
+    assert "--evaluation.init_args.targets" not in attacks.command() and "--evaluation.init_args.prompts_per_set" in attacks.command()
+    path = tmp_path / "bad.yaml"
+    path.write_text("targets: [object]\nextra_evaluations: {attacks: {targets: [style]}}\n")
+    with pytest.raises(IGMUError, match="extra evaluation 'attacks' names targets \\['style'\\] the tier does not run"):
+        load_tier(str(path))
