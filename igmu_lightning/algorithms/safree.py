@@ -202,6 +202,11 @@ class SafreeGuidance(SamplingGuidance):
             beta, self.up_t, self.svf_curve
         )
 
+    @property
+    def samples_embeddings(self) -> bool:
+        """The projection masks the prompt's tokens: without prompts (embeddings alone) it cannot run."""
+        return not self.projection
+
     def prepare(
         self, sampler, prompts: list[str], cond: torch.Tensor, uncond: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

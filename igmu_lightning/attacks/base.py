@@ -70,6 +70,7 @@ class Attack:
     name: str = "attack"
     needs_original: bool = False  # the evaluation then passes the model before unlearning
     needs_judge: bool = False
+    finds_embeddings: bool = False  # its result is conditioning (AttackResult.embeddings), read out from embeddings
 
     def run(self, context: AttackContext) -> AttackResult:
         raise NotImplementedError

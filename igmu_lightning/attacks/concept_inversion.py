@@ -96,6 +96,8 @@ class ConceptInversion(Attack):
         flip_p: random horizontal flip of the training images (official 0.5).
     """
 
+    finds_embeddings = True
+
     name = "concept_inversion"
 
     def __init__(

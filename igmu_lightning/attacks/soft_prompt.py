@@ -119,6 +119,8 @@ class SoftPromptAttack(Attack):
     Args: k (1), steps (30), lr (1e-3), method (pgd / fast_at), accumulate (the official
     never-zeroed gradient), prompt_length (tokens / words), ddim_steps (50), start_guidance (3)."""
 
+    finds_embeddings = True
+
     name = "softprompt"
     needs_original = True
 

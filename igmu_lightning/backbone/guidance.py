@@ -29,6 +29,10 @@ class SamplingGuidance:
     ``load_files``; its ``to_config`` names them by hash, so the model's fingerprint (the image
     cache's key) changes with them."""
 
+    # False for a rule that needs the prompts behind every batch (SAFREE's token projection): such a
+    # model cannot be sampled from embeddings alone (an embedding attack's read-out)
+    samples_embeddings: bool = True
+
     def prepare(self, sampler, prompts: list[str], cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return cond, uncond
 

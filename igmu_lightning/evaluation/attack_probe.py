@@ -161,9 +161,16 @@ class AttackProbe(Probe):
             raise IGMUError(f"attack probe '{self.name}' needs the evaluation's forget prompts: use it in WorldEvaluation or PromptSetTargetRate")
         return context.forget
 
-    def score(self, card: Scorecard, context: ProbeContext, generate: Callable[[PromptBatch], torch.Tensor]) -> AttackOutcomes:
+    def score(self, card: Scorecard, context: ProbeContext, generate: Callable[[PromptBatch], torch.Tensor]) -> AttackOutcomes | None:
         if context.model is None or context.judge is None:
             raise IGMUError(f"attack probe '{self.name}' needs the model under evaluation and a judge: use it in WorldEvaluation or PromptSetTargetRate")  # fmt: skip
+        guidance = getattr(context.model, "guidance", None)
+        if self.attack.finds_embeddings and guidance is not None and not guidance.samples_embeddings:
+            why = (f"{type(guidance).__name__} needs the prompt behind every image, and {self.attack.name} finds "
+                   "embeddings with no prompt behind them: this model cannot be attacked this way")  # fmt: skip
+            for metric in ("pre_asr", "asr", "seconds_per_prompt"):
+                card.skip(f"robustness.{self.name}.{metric}", why)
+            return None
         if self.attack.needs_original and context.original is None:
             raise IGMUError(f"attack '{self.attack.name}' needs the model before unlearning: give the evaluation its original")
         batch = self.prompts(context)

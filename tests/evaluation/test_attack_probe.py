@@ -249,3 +249,38 @@ def test_the_other_attacks_run_as_probes_and_their_outcomes_rerun(which, tmp_pat
     built = judge.build()
     again = rerun_outcomes(document, other.build().eval(), lambda x: built.predict(to_uint8(x).float() / 255) == 1)
     assert again == [r["post"] for r in attacked]
+
+
+class FindsEmbeddings(AppendWord):
+    """Its result: the plain prompts' conditioning, as an embedding attack returns it."""
+
+    finds_embeddings = True
+    attacked: list = []
+
+    def run(self, context: AttackContext) -> AttackResult:
+        self.attacked.append(context.model)
+        with torch.no_grad():
+            return AttackResult(list(context.prompts), embeddings=context.model.encode_prompts(list(context.prompts)))
+
+
+def test_an_embedding_attack_on_a_model_that_needs_its_prompts_is_skipped_with_why(tmp_path):
+    """SAFREE's projection masks the prompt's tokens, so an attack that finds embeddings (concept
+    inversion, soft prompts) cannot be read out on it: the probe's metrics are skipped with the
+    reason, the evaluation goes on, and a prompt attack on the same model still runs."""
+    from igmu_lightning.algorithms.safree import SafreeGuidance
+
+    (tmp_path / "forget.txt").write_text("\n".join(FORGET[:4]) + "\n")
+    model = TinySD(seed=0, image_size=16).build().eval()
+    model.guidance = SafreeGuidance(keywords=["nude"])
+    assert not model.guidance.samples_embeddings and SafreeGuidance(keywords=["nude"], projection=False, svf=False).samples_embeddings
+    evaluation = PromptSetTargetRate(str(tmp_path / "forget.txt"), DarkJudge(0.5), "nude", task="nudity", sampler=SETTINGS,
+                                     batch_size=2, probes=[AttackProbe(FindsEmbeddings(), name="inversion"), AttackProbe(AppendWord())])  # fmt: skip
+    output = evaluation.compare(TinySD(seed=0, image_size=16).build().eval(), [("safree", model)], seed=0)
+    result = output.methods["safree"]
+    assert set(result["skipped"]) == {f"robustness.inversion.{m}" for m in ("pre_asr", "asr", "seconds_per_prompt")}
+    assert "SafreeGuidance needs the prompt behind every image" in result["skipped"]["robustness.inversion.asr"]
+    assert "inversion.asr" not in result["aspects"]["robustness"] and "append.asr" in result["aspects"]["robustness"]
+    assert list(output.attacks["safree"]) == [AttackProbe(AppendWord()).name]
+    # the original (no guidance) is attacked by both
+    assert "inversion.asr" in output.methods["original"]["aspects"]["robustness"]
+    assert model not in FindsEmbeddings.attacked and len(FindsEmbeddings.attacked) == 1
