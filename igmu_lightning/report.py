@@ -230,8 +230,16 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def colours(doc: Document) -> dict[str, tuple]:
-    cmap = pyplot().get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(doc.methods)}
+    """A colour per method, none repeated: tab10 up to 10 methods, then tab20's 20, then a cyclic map."""
+    n = len(doc.methods)
+    plt = pyplot()
+    if n <= 10:
+        return {m: plt.get_cmap("tab10")(i) for i, m in enumerate(doc.methods)}
+    if n <= 20:  # dark then light shade of each hue, hues first
+        cmap = plt.get_cmap("tab20")
+        return {m: cmap((2 * i) % 20 + (2 * i) // 20) for i, m in enumerate(doc.methods)}
+    cmap = plt.get_cmap("hsv")
+    return {m: cmap(i / n) for i, m in enumerate(doc.methods)}
 
 
 def interval(metric: dict) -> tuple[float, float, float]:

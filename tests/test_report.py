@@ -145,3 +145,12 @@ def test_bad_results_file_is_one_line(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: results file") and message in err
     assert str(path) in err and not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize("n", [3, 13, 25])
+def test_every_method_gets_its_own_colour(n):
+    from igmu_lightning.report import colours, document
+
+    methods = {f"m{i}": {"aspects": {}} for i in range(n)}
+    doc = document("x", {"run": {"config": {"evaluation": {"init_args": {"target": "object"}}}}, "methods": methods})
+    assert len(set(colours(doc).values())) == n
