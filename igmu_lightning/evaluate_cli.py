@@ -4,8 +4,9 @@ Several devices or nodes run through Lightning Fabric, for evaluations that shar
 evaluation, IGMU-folder scoring, generate-and-score, prompt-set target rate): each process makes and
 scores its share of the prompts or images, the metrics sync across processes, and rank 0 writes the
 results, prints every metric (``summary_table``), writes the attack outcomes, the image grids and
-the report's figures beside the results and logs the evaluation as one W&B run (``eval_wandb``; ``--wandb false``: none). An evaluation that compares models keeps each method as it
-is scored (``evaluation.resume``): started again after a crash or a stop, it scores only the rest."""
+the report's figures beside the results and logs the evaluation as one W&B run (``eval_wandb``;
+``--wandb false``: none). An evaluation that compares models keeps each method as it is scored
+(``evaluation.resume``): started again after a crash or a stop, it scores only the rest."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from igmu_lightning.artifacts import ImageCache, model_fingerprint
+from igmu_lightning.artifacts import ImageCache, fingerprint
 from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.data.seeded_prompts import is_seeded_csv, read_seeded_prompts
 from igmu_lightning.errors import IGMUError
@@ -139,18 +139,20 @@ class PromptSetTargetRate(ModelComparison):
         whole = self.prompt_batch(seed)
         mine = whole.part(share(len(whole.items)))
         output, self.samples = EvaluationOutput(), {}
-        original_id = model_fingerprint(original)
+        original_hashes = original.hashes()
+        original_id = fingerprint(original_hashes, original.guidance)
         for name, model in itertools.chain([(ORIGINAL, original)], models):
             device = model.device
-            fingerprint = original_id if model is original else model_fingerprint(model)
+            hashes = original_hashes if model is original else model.hashes()  # the weights, hashed once per model
+            model_id = original_id if model is original else fingerprint(hashes, model.guidance)
             sampler = Sampler(model, self.settings, batch_size=self.batch_size)
 
-            def generate(batch: PromptBatch, sampler=sampler, fingerprint=fingerprint) -> torch.Tensor:
-                return generate_images(sampler, batch.prompts, batch.seeds, self.cache, fingerprint if self.cache else None).to(device)
+            def generate(batch: PromptBatch, sampler=sampler, model_id=model_id) -> torch.Tensor:
+                return generate_images(sampler, batch.prompts, batch.seeds, self.cache, model_id if self.cache else None).to(device)
 
             if model is original:  # the probes of every method judge against them
                 original_images = generate(mine)
-            if self.resumed(name, fingerprint, original_id, output):
+            if self.resumed(name, model_id, original_id, output):
                 continue
             card = Scorecard(self.rule, self.category, seed)
             images = original_images if model is original else generate(mine)
@@ -169,8 +171,8 @@ class PromptSetTargetRate(ModelComparison):
                     output.attacks.setdefault(name, {})[probe.name] = found
             output.methods[name] = card.result()
             self.keep(name, images, mine)
-            output.model_hashes[name] = model.hashes()
-            self.finished(name, fingerprint, original_id, output)
+            output.model_hashes[name] = hashes
+            self.finished(name, model_id, original_id, output)
         evaluators = {
             "judge": detector_record(judge, getattr(self.judge_spec, "path", None)),
             "target": self.target,
