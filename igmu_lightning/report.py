@@ -332,6 +332,9 @@ def profile_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None, 
     return save_figure(fig, path), caption
 
 
+ATTACK_FIGURE_METHODS_PER_ROW = 7
+
+
 def attack_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None, str]:
     attacks = attack_names(doc)
     if not attacks:
@@ -339,26 +342,39 @@ def attack_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None, s
     plt = pyplot()
     keys = ["forgetting.target_rate"] + [f"robustness.{a}.asr" for a in attacks]
     labels = ["plain target rate"] + [f"{a} ASR" for a in attacks]
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(doc.methods) * len(keys) / 2 + 2), 4.4))
+    rows = -(-len(doc.methods) // ATTACK_FIGURE_METHODS_PER_ROW)  # wrap: a readable width for many methods
+    per_row = -(-len(doc.methods) // rows)
+    fig, axes = plt.subplots(rows, 1, squeeze=False,
+                             figsize=(max(6.4, 1.1 * per_row * len(keys) / 2 + 2), 0.4 + 4.0 * rows))  # fmt: skip
     width = 0.8 / len(keys)
     cmap = plt.get_cmap("Set2")
-    for k, (key, label) in enumerate(zip(keys, labels)):
-        for i, m in enumerate(doc.methods):
-            metric = doc.metric(m, key)
-            if metric is None:
-                continue
-            v, lo, hi = interval(metric)
-            ax.bar(i + (k - (len(keys) - 1) / 2) * width, v, width, yerr=[[lo], [hi]], capsize=2, color=cmap(k),
-                   label=f"{label} (n = {doc.n_of(key)})" if i == 0 else None, edgecolor="0.3", linewidth=0.5)  # fmt: skip
-    ax.set_xticks(range(len(doc.methods)), doc.methods)
-    ax.set(ylim=(0, 1.1), ylabel="share of forget prompts showing the target")
-    ax.set_title(f"{doc.target}: plain vs attacked target rate (95% intervals)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for r, ax in enumerate(axes[:, 0]):
+        methods = doc.methods[r * per_row : (r + 1) * per_row]
+        for k, (key, label) in enumerate(zip(keys, labels)):
+            for i, m in enumerate(methods):
+                metric, x = doc.metric(m, key), i + (k - (len(keys) - 1) / 2) * width
+                if metric is None:  # skipped (e.g. an embedding attack on prompt-reading guidance): say so
+                    ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.35")
+                    continue
+                v, lo, hi = interval(metric)
+                ax.bar(x, v, width, yerr=[[lo], [hi]], capsize=2, color=cmap(k),
+                       label=f"{label} (n = {doc.n_of(key)})" if i == 0 else None, edgecolor="0.3", linewidth=0.5)  # fmt: skip
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xlim(-0.5, per_row - 0.5)
+        ax.set(ylim=(0, 1.1), ylabel="share of forget prompts showing the target")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_title(f"{doc.target}: plain vs attacked target rate (95% intervals)")
+    handles, names = {}, []
+    for ax in axes[:, 0]:  # a method without a value in the first row must not drop its attack from the legend
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            if name not in handles:
+                handles[name] = h
+                names.append(name)
+    axes[0, 0].legend([handles[n] for n in names], names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     parts = [f"`forgetting.target_rate` (n = {doc.n_of(keys[0])})"] + [f"`{k}` (n = {doc.n_of(k)})" for k in keys[1:]]
     caption = (f"Plain vs attacked target rate, {doc.target} target: per method, the plain forget prompts' target rate and "
                f"each attack's ASR (the target shows before or after the attack): {', '.join(parts)}; bars the 95% "
-               f"intervals. Config: {doc.config_line()}.")  # fmt: skip
+               f"intervals; n/a: no value for the method (see the skipped list). Config: {doc.config_line()}.")  # fmt: skip
     footer(fig, caption.replace("`", ""))
     return save_figure(fig, path), caption
 

@@ -154,3 +154,30 @@ def test_every_method_gets_its_own_colour(n):
     methods = {f"m{i}": {"aspects": {}} for i in range(n)}
     doc = document("x", {"run": {"config": {"evaluation": {"init_args": {"target": "object"}}}}, "methods": methods})
     assert len(set(colours(doc).values())) == n
+
+
+def test_attack_figure_wraps_many_methods_into_rows(tmp_path):
+    """13 methods x 2 bars: one row would be ~16 inches wide; wrapped at 7 a row it is 2 rows of 7/6,
+    about 0.6 of the one-row width, and every method's label is on an axis."""
+    from igmu_lightning.report import attack_figure, document, pyplot
+
+    attacked = {"forgetting": {"target_rate": metric(0.1, 0.0, 0.3, 16)}, "robustness": {"udiff.asr": metric(0.5, 0.3, 0.7, 16)}}
+    methods = {f"m{i}": {"aspects": attacked} for i in range(13)}
+    doc = document("x", {"run": {"config": {"evaluation": {"init_args": {"target": "object"}}}}, "methods": methods})
+    seen = {}
+    plt = pyplot()
+    original_save = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen["axes"] = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes]
+        seen["width"] = fig.get_figwidth()
+        return original_save(fig, *args, **kwargs)
+
+    plt.Figure.savefig = spy
+    try:
+        path, caption = attack_figure(doc, tmp_path / "a.png")
+    finally:
+        plt.Figure.savefig = original_save
+    assert len(doc.methods) == 13 and seen["axes"] == [doc.methods[:7], doc.methods[7:]]
+    assert seen["width"] < 0.6 * (1.1 * 13 * 2 / 2 + 2) and "n = 16" in caption  # one row: 16.3 in
+    assert Image.open(path).size[0] < Image.open(path).size[1] * 3
