@@ -18,7 +18,10 @@ and E* are the frozen originals (``teacher``, ``teacher_encode``). Retain prompt
 drawn without replacement from ``retain_prompts`` / ``retain_file`` until fewer than a batch are
 left, then all again (utils/prompt_dataset.py). Retain ``iter`` (the code's default) instead
 runs ``retain_step`` separate Adam steps on the retain term alone after each defence step.
-Optimisation is manual (the attack runs inside the step); ``docs/parity.md`` lists the settings."""
+Optimisation is manual (the attack runs inside the step); ``docs/parity.md`` lists the settings.
+``train_method: xattn`` is the official UNet option (util.py:433-436, every attn2 tensor): the
+text encoder stays the original, and x_t is sampled by the trained UNet as the official ``model``
+(get_loss.py:297-317) then is."""
 
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ class AdvUnlearn(ESD):
         (the official coco_object_retain.csv, column ``prompt``).
     retain_train: ``reg`` (README and paper) or ``iter`` (the code's default).
     retain_loss_w: w (README 0.3; code default 1.0). retain_batch: 5. retain_step: ``iter`` steps (1).
+    train_method: ``text_encoder_full`` (README and paper: the text encoder's layers and final
+        LayerNorm) or ``xattn`` (the official UNet option: every cross-attention tensor, as ESD-x).
     attack_method: ``pgd`` (Adam on the gradient) or ``fast_at`` (on its sign).
     attack_init: ``random`` (README: a random vocabulary row every attack) or ``latest`` (code
         default: the previous attack's delta; the first one random).
@@ -55,7 +60,7 @@ class AdvUnlearn(ESD):
     lr: Adam's (None: 1e-5). One iteration is one optimizer step in ``reg`` mode, 1 + retain_step in ``iter``.
     """
 
-    VARIANTS = {"text_encoder_full": ["text_encoder_layers"]}  # param_choices, component all (util.py:36-65)
+    VARIANTS = {"text_encoder_full": ["text_encoder_layers"], "xattn": ["xattn"]}  # param_choices (util.py:36-65, 433-436)
 
     def __init__(
         self,
@@ -67,6 +72,7 @@ class AdvUnlearn(ESD):
         retain_loss_w: float = 0.3,
         retain_batch: int = 5,
         retain_step: int = 1,
+        train_method: Literal["text_encoder_full", "xattn"] = "text_encoder_full",
         attack_method: Literal["pgd", "fast_at"] = "pgd",
         attack_init: Literal["random", "latest"] = "random",
         attack_step: int = 30,
@@ -96,8 +102,12 @@ class AdvUnlearn(ESD):
             or min(attack_step, warmup_iter) < 0
         ):
             raise IGMUError("AdvUnlearn needs retain_batch, retain_step, adv_prompt_num, adv_prompt_update_step >= 1 and attack_step, warmup_iter >= 0")  # fmt: skip
-        super().__init__(backbone, variant="text_encoder_full", negative_guidance=negative_guidance, start_guidance=start_guidance,
-                         ddim_steps=ddim_steps, sample_with="frozen", timestep_mapping=timestep_mapping, lr=lr,
+        if train_method not in self.VARIANTS:
+            raise IGMUError(f"unknown AdvUnlearn train_method '{train_method}': choose one of {', '.join(self.VARIANTS)}")
+        # x_t by the official ``model``: the original UNet when the encoder trains, the trained one for xattn
+        sample_with = "frozen" if train_method == "text_encoder_full" else "trained"
+        super().__init__(backbone, variant=train_method, negative_guidance=negative_guidance, start_guidance=start_guidance,
+                         ddim_steps=ddim_steps, sample_with=sample_with, timestep_mapping=timestep_mapping, lr=lr,
                          export_dir=export_dir, optimizer=optimizer, lr_scheduler=lr_scheduler)  # fmt: skip
         self.save_hyperparameters()
         self.automatic_optimization = False

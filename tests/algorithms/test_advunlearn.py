@@ -42,6 +42,22 @@ def test_trains_the_encoder_layers_only_and_exports(tiny_spec, tmp_path):
     assert (tmp_path / "out" / "model_index.json").is_file()
 
 
+def test_xattn_trains_the_cross_attention_only_and_samples_with_it(tiny_spec, tmp_path):
+    """The official UNet option (util.py:433-436): every attn2 tensor trains, the text encoder and
+    the rest of the UNet do not; x_t comes from the trained UNet (the official ``model``)."""
+    module = AdvUnlearn(tiny_spec, retain_prompts=["a {red,blue} dog"], retain_batch=2, warmup_iter=1, attack_step=1, ddim_steps=4,
+                        lr=1e-3, train_method="xattn", export_dir=str(tmp_path / "out"))  # fmt: skip
+    assert module.sample_with == "trained"
+    before = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    fit(module, steps=2)
+    changed = {n for n, p in module.backbone.named_parameters() if not torch.equal(p, before[n])}
+    attn2 = {n for n in before if n.startswith("unet.") and ".attn2." in n}
+    assert changed and changed <= attn2 and any(n.endswith("to_k.weight") for n in changed)
+    assert module.delta is not None and (tmp_path / "out" / "model_index.json").is_file()
+    with pytest.raises(IGMUError, match="unknown AdvUnlearn train_method 'full'"):
+        AdvUnlearn(tiny_spec, retain_prompts=["a dog"], train_method="full")
+
+
 @pytest.mark.parametrize("method", ["pgd", "fast_at"])
 def test_one_step_after_warmup_equals_the_hand_computation(tiny_spec, method):
     torch.manual_seed(0)
