@@ -275,13 +275,20 @@ def tradeoff_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None,
                         label=m if k == 0 else None)  # fmt: skip
             if m in front:
                 ax.scatter([xv], [yv], s=160, facecolors="none", edgecolors="black", linewidths=1.2, zorder=3)
-            inside = k == 0 or (box[0] <= xv <= box[1] and box[2] <= yv <= box[3])
-            if inside:
-                ax.annotate(m, (xv, yv), xytext=(6, 5), textcoords="offset points", fontsize=9, color=colour[m], clip_on=True)
+        span = 1.2 if k == 0 else max(box[1] - box[0], box[3] - box[2])
+        shown = {m: (x["value"], y["value"]) for m, (x, y) in points.items()
+                 if k == 0 or (box[0] <= x["value"] <= box[1] and box[2] <= y["value"] <= box[3])}  # fmt: skip
+        x0, x1 = (-0.05, 1.15) if k == 0 else box[:2]
+        groups = sorted(label_groups(shown, 0.03 * span), key=lambda g: (round(g[0][0], 2), -g[0][1]))
+        for i, ((xv, yv), names) in enumerate(groups):  # one label, a name a line, for points on top of each other
+            left, below = xv > x0 + 0.75 * (x1 - x0), i % 2 == 1  # neighbours along x alternate above / below
+            ax.annotate("\n".join(names), (xv, yv), xytext=(-6 if left else 6, -5 if below else 5), textcoords="offset points",
+                        ha="right" if left else "left", va="top" if below else "bottom", fontsize=8, clip_on=True,
+                        color=colour[names[0]] if len(names) == 1 else "0.15")  # fmt: skip
         ax.set(xlabel=f"{x_key} (lower: more forgotten), n = {doc.n_of(x_key)}", ylabel=f"{y_key} (higher: more kept), n = {doc.n_of(y_key)}")
         ax.grid(alpha=0.3)
         if k == 0:
-            ax.set(xlim=(-0.05, 1.15), ylim=(-0.05, 1.08))
+            ax.set(xlim=(-0.05, 1.15), ylim=(-0.05, 1.32), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])  # room for stacked labels
             ax.set_title(f"{doc.target}: forgetting vs preservation (95% intervals)")
             ax.scatter([], [], s=160, facecolors="none", edgecolors="black", label="on the Pareto front")
             ax.legend(loc="lower left", fontsize=8, ncol=2)
@@ -296,6 +303,20 @@ def tradeoff_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None,
     fig.tight_layout()
     footer(fig, caption.replace("`", ""))
     return save_figure(fig, path), caption
+
+
+def label_groups(positions: dict[str, tuple[float, float]], tol: float) -> list[tuple[tuple[float, float], list[str]]]:
+    """Methods whose points lie within ``tol`` of a group's first point (both axes) share one label
+    there, so labels of coinciding points do not print over each other; in the methods' order."""
+    groups: list[tuple[tuple[float, float], list[str]]] = []
+    for m, (x, y) in positions.items():
+        for (gx, gy), names in groups:
+            if abs(x - gx) <= tol and abs(y - gy) <= tol:
+                names.append(m)
+                break
+        else:
+            groups.append(((x, y), [m]))
+    return groups
 
 
 def profile_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None, str]:

@@ -181,3 +181,11 @@ def test_attack_figure_wraps_many_methods_into_rows(tmp_path):
     assert len(doc.methods) == 13 and seen["axes"] == [doc.methods[:7], doc.methods[7:]]
     assert seen["width"] < 0.6 * (1.1 * 13 * 2 / 2 + 2) and "n = 16" in caption  # one row: 16.3 in
     assert Image.open(path).size[0] < Image.open(path).size[1] * 3
+
+
+def test_label_groups_share_one_label_for_coinciding_points():
+    """By hand: a and c coincide, b is 0.02 from a (inside tol 0.03), d is 0.05 away (outside)."""
+    from igmu_lightning.report import label_groups
+
+    groups = label_groups({"a": (0.0, 1.0), "b": (0.02, 0.99), "c": (0.0, 1.0), "d": (0.05, 1.0)}, 0.03)
+    assert groups == [((0.0, 1.0), ["a", "b", "c"]), ((0.05, 1.0), ["d"])]
