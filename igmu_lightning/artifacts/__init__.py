@@ -8,11 +8,12 @@ from igmu_lightning.artifacts.images import (
     fingerprint,
     image_grid,
     model_fingerprint,
+    model_identity,
     read_manifest,
     save_png,
     write_grids,
 )
 from igmu_lightning.artifacts.run_record import RUN_RECORD, read_run_record
 
-__all__ = ["RUN_RECORD", "ImageCache", "find_images", "fingerprint", "image_grid", "model_fingerprint", "read_manifest",
-           "read_run_record", "save_png", "write_grids"]  # fmt: skip
+__all__ = ["RUN_RECORD", "ImageCache", "find_images", "fingerprint", "image_grid", "model_fingerprint", "model_identity",
+           "read_manifest", "read_run_record", "save_png", "write_grids"]  # fmt: skip

@@ -29,8 +29,14 @@ def fingerprint(hashes: dict[str, str], guidance=None) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+def model_identity(backbone: Backbone) -> tuple[dict[str, str], str]:
+    """The model's weight hashes and its ``fingerprint``, from one pass over the weights."""
+    hashes = backbone.hashes()
+    return hashes, fingerprint(hashes, backbone.guidance)
+
+
 def model_fingerprint(backbone: Backbone) -> str:
-    return fingerprint(backbone.hashes(), backbone.guidance)
+    return model_identity(backbone)[1]
 
 
 class ImageCache:

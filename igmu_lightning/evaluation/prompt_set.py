@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from igmu_lightning.artifacts import ImageCache, fingerprint
+from igmu_lightning.artifacts import ImageCache, model_identity
 from igmu_lightning.backbone import Backbone, BackboneSpec
 from igmu_lightning.data.seeded_prompts import is_seeded_csv, read_seeded_prompts
 from igmu_lightning.errors import IGMUError
@@ -139,12 +139,11 @@ class PromptSetTargetRate(ModelComparison):
         whole = self.prompt_batch(seed)
         mine = whole.part(share(len(whole.items)))
         output, self.samples = EvaluationOutput(), {}
-        original_hashes = original.hashes()
-        original_id = fingerprint(original_hashes, original.guidance)
+        original_hashes, original_id = model_identity(original)
         for name, model in itertools.chain([(ORIGINAL, original)], models):
             device = model.device
-            hashes = original_hashes if model is original else model.hashes()  # the weights, hashed once per model
-            model_id = original_id if model is original else fingerprint(hashes, model.guidance)
+            # the weights hashed once per model: for the fingerprint and for the results' record
+            hashes, model_id = (original_hashes, original_id) if model is original else model_identity(model)
             sampler = Sampler(model, self.settings, batch_size=self.batch_size)
 
             def generate(batch: PromptBatch, sampler=sampler, model_id=model_id) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from igmu_lightning.artifacts import ImageCache, fingerprint
+from igmu_lightning.artifacts import ImageCache, model_identity
 from igmu_lightning.backbone import Backbone, BackboneSpec, Pretrained
 from igmu_lightning.errors import IGMUError
 from igmu_lightning.evaluation.base import ORIGINAL, EvaluationOutput, ModelComparison
@@ -159,11 +159,13 @@ class WorldEvaluation(ModelComparison):
         whole = {n: b for n, b in flatten_sets(self.target.name, self.per_class, seed).items() if n in used}
         sets = {n: b.part(share(len(b.items))) for n, b in whole.items()}
         self._image_size = original.image_size
-        original_hashes = original.hashes()
-        original_id = fingerprint(original_hashes, original.guidance)
+        original_hashes, original_id = model_identity(original)
         total = None if total is None else total + 1
         progress = tqdm(total=total, desc=f"evaluating ({self.target.name})", unit="model", disable=not is_main())
-        refs = {name: self._images(original, original_id, sets[name]) for name in self.rule.reference_sets}
+        # the original's images of the reference sets and of the forget set (every probe judges against
+        # those), made once: its own scores reuse them
+        original_images = {n: self._images(original, original_id, sets[n]) for n in dict.fromkeys(("forget", *self.rule.reference_sets))}
+        refs = {name: original_images[name] for name in self.rule.reference_sets}
         output = EvaluationOutput()
         self.samples: dict[str, torch.Tensor] = {}
         for name, model in itertools.chain([(ORIGINAL, original)], models):
@@ -172,20 +174,18 @@ class WorldEvaluation(ModelComparison):
             start = time.perf_counter()
             if model.image_size != original.image_size:
                 raise IGMUError(f"method '{name}' makes {model.image_size}px images, the original {original.image_size}px")
-            hashes = original_hashes if model is original else model.hashes()  # the weights, hashed once per model
-            model_id = original_id if model is original else fingerprint(hashes, model.guidance)
-            if model is original:  # the probes of every method judge against them
-                original_forget = self._images(original, original_id, sets["forget"])
+            # the weights hashed once per model: for the fingerprint and for the results' record
+            hashes, model_id = (original_hashes, original_id) if model is original else model_identity(model)
             if self.resumed(name, model_id, original_id, output):
                 progress.update(1)
                 progress.set_postfix_str(f"{name}: kept from an earlier run")
                 continue
-            images = {s: original_forget if model is original and s == "forget" else self._images(model, model_id, sets[s])
+            images = {s: original_images[s] if model is original and s in original_images else self._images(model, model_id, sets[s])
                       for s in self.rule.prompt_sets}  # fmt: skip
             card = Scorecard(self.rule, self.target.category, seed)
             context = ProbeContext(self.target.name, seed, self.per_class, model, original=original, forget=sets["forget"],
                                    forget_images=images["forget"], judge=self._judge, sampler=self.settings,
-                                   concept=self.target.word, method=name, original_forget_images=original_forget)  # fmt: skip
+                                   concept=self.target.word, method=name, original_forget_images=original_images["forget"])  # fmt: skip
             for probe in self.probes:  # outside inference mode: attacks need gradients
                 found = probe.score(card, context, lambda batch, model=model, model_id=model_id: self._images(model, model_id, batch))
                 if found is not None:
