@@ -361,6 +361,8 @@ def attack_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None, s
     if not attacks:
         return None, "no plain vs attacked figure: these results hold no attack (no robustness.<attack>.asr)"
     plt = pyplot()
+    from matplotlib.patches import Patch
+
     keys = ["forgetting.target_rate"] + [f"robustness.{a}.asr" for a in attacks]
     labels = ["plain target rate"] + [f"{a} ASR" for a in attacks]
     rows = -(-len(doc.methods) // ATTACK_FIGURE_METHODS_PER_ROW)  # wrap: a readable width for many methods
@@ -371,27 +373,22 @@ def attack_figure(doc: Document, path: Path) -> tuple[Path, str] | tuple[None, s
     cmap = plt.get_cmap("Set2")
     for r, ax in enumerate(axes[:, 0]):
         methods = doc.methods[r * per_row : (r + 1) * per_row]
-        for k, (key, label) in enumerate(zip(keys, labels)):
+        for k, key in enumerate(keys):
             for i, m in enumerate(methods):
                 metric, x = doc.metric(m, key), i + (k - (len(keys) - 1) / 2) * width
                 if metric is None:  # skipped (e.g. an embedding attack on prompt-reading guidance): say so
                     ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.35")
                     continue
                 v, lo, hi = interval(metric)
-                ax.bar(x, v, width, yerr=[[lo], [hi]], capsize=2, color=cmap(k),
-                       label=f"{label} (n = {doc.n_of(key)})" if i == 0 else None, edgecolor="0.3", linewidth=0.5)  # fmt: skip
+                ax.bar(x, v, width, yerr=[[lo], [hi]], capsize=2, color=cmap(k), edgecolor="0.3", linewidth=0.5)
         ax.set_xticks(range(len(methods)), methods)
         ax.set_xlim(-0.5, per_row - 0.5)
         ax.set(ylim=(0, 1.1), ylabel="share of forget prompts showing the target")
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title(f"{doc.target}: plain vs attacked target rate (95% intervals)")
-    handles, names = {}, []
-    for ax in axes[:, 0]:  # a method without a value in the first row must not drop its attack from the legend
-        for h, name in zip(*ax.get_legend_handles_labels()):
-            if name not in handles:
-                handles[name] = h
-                names.append(name)
-    axes[0, 0].legend([handles[n] for n in names], names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    handles = [Patch(facecolor=cmap(k), edgecolor="0.3", linewidth=0.5) for k in range(len(keys))]
+    names = [f"{label} (n = {doc.n_of(key)})" for key, label in zip(keys, labels)]  # one entry a bar kind
+    axes[0, 0].legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     parts = [f"`forgetting.target_rate` (n = {doc.n_of(keys[0])})"] + [f"`{k}` (n = {doc.n_of(k)})" for k in keys[1:]]
     caption = (f"Plain vs attacked target rate, {doc.target} target: per method, the plain forget prompts' target rate and "
                f"each attack's ASR (the target shows before or after the attack): {', '.join(parts)}; bars the 95% "
