@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -65,6 +66,13 @@ class RunCheckpoint(ModelCheckpoint):
         if every_n_train_steps is not None:
             kwargs.setdefault("every_n_epochs", 0)
         super().__init__(every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args, **kwargs) -> None:
+        """Lightning's, without its 15-line warning for manually optimised modules
+        (AdvUnlearn): the state after the step is the one a resumed run must continue from."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # not saved at this step yet

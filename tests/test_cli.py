@@ -144,3 +144,41 @@ def test_ckpt_path_last_without_an_earlier_run_is_one_error_line(tmp_path):
     result = run_script(str(ROOT / "train.py"), "fit", "--config", WORLD_ESD, "--ckpt_path", "last", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: --ckpt_path last: no run under 'logs/igmu-lightning'" in result.stderr
+
+
+def test_step_checkpoints_of_a_manually_optimised_module_are_written_without_lightnings_warning(tmp_path):
+    """AdvUnlearn optimises by hand: Lightning's ModelCheckpoint warns at every step checkpoint that
+    the state is the one after the step (15 lines a time); RunCheckpoint writes it without that."""
+    import warnings
+
+    import torch
+    from lightning.pytorch import LightningModule, Trainer
+
+    from igmu_lightning.cli import RunCheckpoint
+
+    class Manual(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(self.layer(batch[0]).pow(2).mean())
+            optimizer.step()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)), batch_size=1)
+
+    checkpoint = RunCheckpoint(every_n_train_steps=2, dirpath=tmp_path)
+    trainer = Trainer(max_steps=4, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Manual())
+    assert not [w for w in caught if "manual optimization" in str(w.message)]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 4
