@@ -116,9 +116,26 @@ def summary_table(methods: dict, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def replace_lists(args: list[str]) -> list[str]:
+    """``args`` with ``--key []`` before each command-line list of ``class_path`` objects: jsonargparse
+    otherwise merges each new item with the config's item at its place, so a PromptFileProbe put
+    where the config has ``AttackProbe(name=udiff)`` silently inherited the name ``udiff``."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        if key.startswith("--") and key not in ("--config", "-c") and value.lstrip().startswith("[") and "class_path" in value:
+            out.append(f"{key}=[]")
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(args: list[str] | None = None) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = sys.argv[1:] if args is None else list(args)
+    args = replace_lists(sys.argv[1:] if args is None else list(args))
     config = build_parser(args).parse_args(args)  # a bad config fails here, before any process starts
     check_results_path(Path(config.results_path) if config.results_path else default_results_path(config))
     try:

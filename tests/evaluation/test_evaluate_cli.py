@@ -66,3 +66,21 @@ def test_a_killed_evaluation_resumes_from_its_image_cache_to_the_same_results(tm
     whole_bytes = (tmp_path / "whole.json").read_bytes().replace(str(tmp_path / "whole").encode(), str(tmp_path / "part").encode())
     assert (tmp_path / "part.json").read_bytes() == whole_bytes
     assert len(list((tmp_path / "part").rglob("*.png"))) == len(list((tmp_path / "whole").rglob("*.png")))
+
+
+def test_a_probe_list_on_the_command_line_replaces_the_configs_without_inheriting_its_names(tmp_path):
+    """object.yaml's second probe is AttackProbe(name=udiff); a PromptFileProbe given in its place
+    must be named after its file, not report its rates as robustness.udiff.*."""
+    from igmu_lightning.evaluate_cli import build_parser, replace_lists
+    from tests.conftest import ROOT
+
+    prompts = tmp_path / "junk_prefix.txt"
+    prompts.write_text("qpr a red triangle\n")
+    probes = json.dumps([{"class_path": "igmu_lightning.evaluation.probes.SynonymProbe"},
+                         {"class_path": "igmu_lightning.evaluation.probes.PromptFileProbe", "init_args": {"path": str(prompts)}}])  # fmt: skip
+    for given in (["--evaluation.init_args.probes", probes], [f"--evaluation.init_args.probes={probes}"]):
+        args = replace_lists(["--config", str(ROOT / "configs/eval/world/object.yaml"), *given])
+        config = build_parser(args).parse_args(args)
+        listed = config.evaluation.init_args.probes
+        assert [p.class_path.rpartition(".")[2] for p in listed] == ["SynonymProbe", "PromptFileProbe"]
+        assert listed[1].init_args.name is None  # the file's stem, junk_prefix, at construction
