@@ -117,19 +117,16 @@ def summary_table(methods: dict, width: int | None = None) -> str:
 
 
 def replace_lists(args: list[str]) -> list[str]:
-    """``args`` with ``--key []`` before each command-line list of ``class_path`` objects: jsonargparse
+    """``args`` with ``--key=[]`` before each command-line list of ``class_path`` objects: jsonargparse
     otherwise merges each new item with the config's item at its place, so a PromptFileProbe put
     where the config has ``AttackProbe(name=udiff)`` silently inherited the name ``udiff``."""
-    out, i = [], 0
-    while i < len(args):
-        arg = args[i]
+    out = []
+    for i, arg in enumerate(args):
         key, eq, value = arg.partition("=")
-        if not eq and i + 1 < len(args):
-            value = args[i + 1]
-        if key.startswith("--") and key not in ("--config", "-c") and value.lstrip().startswith("[") and "class_path" in value:
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")  # --key=VALUE or --key VALUE
+        if key.startswith("--") and value.lstrip().startswith("[") and "class_path" in value:
             out.append(f"{key}=[]")
         out.append(arg)
-        i += 1
     return out
 
 
