@@ -44,6 +44,15 @@ def records(run_dir: Path):
             yield record
 
 
+def finished_records(run_dir: Path, wait_s: float = 60) -> list:
+    """The run's records once the log is complete: wandb's service may still be writing it when
+    finish() returns, so wait (up to ``wait_s``) for its exit record."""
+    deadline = time.monotonic() + wait_s
+    while not any(r.WhichOneof("record_type") == "exit" for r in records(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return list(records(run_dir))
+
+
 def nested(items) -> dict:
     """History / summary / config items (``key`` or ``nested_key`` path, JSON value) as a dict."""
     out: dict = {}
@@ -63,11 +72,7 @@ class OfflineRun:
     def __init__(self, run_dir: Path, wait_s: float = 60) -> None:
         self.dir = Path(run_dir)
         self.history, self.summary, self.config, self.run = {}, {}, {}, None
-        # wandb's service may still be writing the log when finish() returns: wait for its exit record
-        deadline = time.monotonic() + wait_s
-        while not any(r.WhichOneof("record_type") == "exit" for r in records(self.dir)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for record in records(self.dir):
+        for record in finished_records(self.dir, wait_s):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 self.run = record.run

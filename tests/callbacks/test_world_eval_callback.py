@@ -14,7 +14,7 @@ from igmu_lightning.modules import TextToImage
 from igmu_lightning.sampling import SamplerSettings
 from igmu_lightning.world import WorldData
 from tests.conftest import ROOT
-from tests.wandb_files import nested, records
+from tests.wandb_files import finished_records, nested
 
 
 def test_callback_scores_the_current_model_and_logs_to_wandb(tmp_path):
@@ -33,7 +33,7 @@ def test_callback_scores_the_current_model_and_logs_to_wandb(tmp_path):
         wandb.finish()
     # the run holds a training curve: at each validation (steps 2 and 4) the target rate and the
     # retain accuracy, a table per aspect and the grid
-    rows = [nested(r.history.item) for r in records(run_dir.parent) if r.WhichOneof("record_type") == "history"]
+    rows = [nested(r.history.item) for r in finished_records(run_dir.parent) if r.WhichOneof("record_type") == "history"]
     curve = [(r["trainer/global_step"], r["val/eval/forgetting.target_rate"], r["val/eval/preservation.retain_accuracy"])
              for r in rows if "val/eval/forgetting.target_rate" in r]  # fmt: skip
     assert [step for step, _, _ in curve] == [2, 4] and all(0 <= x <= 1 for _, *xy in curve for x in xy)
